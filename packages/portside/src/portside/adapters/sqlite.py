@@ -1,0 +1,231 @@
+"""SQLite adapters (pysqlite and aiosqlite) and SQLite's safe defaults.
+
+Every new connection gets ``foreign_keys=ON``, a busy timeout and (for files) WAL
+with ``synchronous=NORMAL``; startup reads them back once. Transactions are begun
+by portside, not by the driver: ``BEGIN IMMEDIATE`` for units of work that may
+write, plain ``BEGIN`` for read-only ones. A deferred transaction that reads and
+then writes cannot upgrade its lock once another writer committed ("database is
+locked"); taking the write lock at ``BEGIN`` makes writers queue on the busy
+timeout instead, while readers stay concurrent under WAL. Driving ``BEGIN``
+ourselves is also SQLAlchemy's documented fix for SAVEPOINT on pysqlite/aiosqlite.
+
+In-memory databases become one named shared-cache database per adapter pair, so
+the sync and async engines of an app see the same data, kept alive by one extra
+connection and entered by one unit of work at a time (see ``serial_gate``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
+
+from portside.adapters.base import AsyncAdapter, SyncAdapter
+from portside.errors import StartupError
+from portside.serial_gate import SerialGate
+from portside.sessions import AsyncSession, Session
+from portside.urls import is_sqlite_memory
+
+if TYPE_CHECKING:
+    from portside.settings import DatabaseSettings
+
+_BEGIN_OPTION = "portside_sqlite_begin"
+
+
+def _install_defaults(engine: Engine, settings: DatabaseSettings, *, memory: bool) -> None:
+    busy_ms = round(settings.sqlite_busy_timeout * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Driver-level autocommit: SQLAlchemy's "begin" event below emits BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql(connection.get_execution_options().get(_BEGIN_OPTION, "BEGIN"))
+
+
+def _verify(connection: Connection, settings: DatabaseSettings, *, memory: bool) -> None:
+    def pragma(name: str) -> Any:
+        return connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+
+    expected: dict[str, Any] = {
+        "foreign_keys": 1,
+        "busy_timeout": round(settings.sqlite_busy_timeout * 1000),
+    }
+    if not memory:
+        expected |= {"journal_mode": "wal", "synchronous": 1}
+    actual = {name: pragma(name) for name in expected}
+    actual = {k: v.lower() if isinstance(v, str) else v for k, v in actual.items()}
+    refused = {name: value for name, value in actual.items() if value != expected[name]}
+    if refused:
+        wanted = ", ".join(f"{name}={expected[name]!r}" for name in refused)
+        got = ", ".join(f"{name}={value!r}" for name, value in refused.items())
+        raise StartupError(
+            f"SQLite refused portside's defaults: wanted {wanted}, got {got}. "
+            "Check that the database file and its directory are writable and not on "
+            "a network file system (WAL needs shared memory)."
+        )
+
+
+class _SharedMemory:
+    """One named in-memory database, alive while its keeper connection is open."""
+
+    def __init__(self) -> None:
+        self.name = f"portside-memory-{uuid.uuid4().hex}"
+        self._keeper: sqlite3.Connection | None = sqlite3.connect(
+            f"file:{self.name}?mode=memory&cache=shared", uri=True, check_same_thread=False
+        )
+        self._users = 0
+
+    def url_for(self, url: URL) -> URL:
+        query = {"mode": "memory", "cache": "shared", "uri": "true"}
+        return url.set(database=f"file:{self.name}", query=query)
+
+    def acquire(self) -> None:
+        self._users += 1
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            self.close()
+
+    def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.close()
+            self._keeper = None
+
+
+class SQLiteAdapter(SyncAdapter):
+    """Synchronous SQLite (pysqlite) with portside's defaults."""
+
+    def __init__(
+        self,
+        settings: DatabaseSettings,
+        url: URL,
+        *,
+        shared_memory: _SharedMemory | None = None,
+        gate: SerialGate | None = None,
+    ) -> None:
+        self._memory = shared_memory
+        if shared_memory is not None:
+            url = shared_memory.url_for(url)
+            shared_memory.acquire()
+        self.gate = gate
+        super().__init__(settings, url)
+        writer = self.engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+        self._writer_sessionmaker = self.sessionmaker_for(writer)
+
+    def engine_options(self) -> dict[str, Any]:
+        """Queue pool for files and shared memory alike; connections may change threads."""
+        options = super().engine_options() | self.pooling_options()
+        options["pool_pre_ping"] = False  # a local file cannot drop the connection
+        options["poolclass"] = QueuePool
+        options["connect_args"] = {"check_same_thread": False}
+        return options
+
+    def configure(self, engine: Engine) -> None:
+        """Install the pragmas and portside-driven BEGIN."""
+        _install_defaults(engine, self.settings, memory=self._memory is not None)
+
+    def new_session(self, *, writes: bool = True) -> Session:
+        """A session whose transactions begin IMMEDIATE when it may write."""
+        return (self._writer_sessionmaker if writes else self._sessionmaker)()
+
+    def verify_connection(self, connection: Connection) -> None:
+        """Read the pragmas back; raise :class:`~portside.errors.StartupError` if refused."""
+        _verify(connection, self.settings, memory=self._memory is not None)
+
+    def dispose(self) -> None:
+        """Dispose the engine, then let the in-memory database go if nobody else uses it."""
+        try:
+            super().dispose()
+        finally:
+            if self._memory is not None:
+                self._memory.release()
+
+
+class AsyncSQLiteAdapter(AsyncAdapter):
+    """Asynchronous SQLite (aiosqlite) with portside's defaults."""
+
+    def __init__(
+        self,
+        settings: DatabaseSettings,
+        url: URL,
+        *,
+        shared_memory: _SharedMemory | None = None,
+        gate: SerialGate | None = None,
+    ) -> None:
+        self._memory = shared_memory
+        if shared_memory is not None:
+            url = shared_memory.url_for(url)
+            shared_memory.acquire()
+        self.gate = gate
+        super().__init__(settings, url)
+        writer = self.engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+        self._writer_sessionmaker = self.sessionmaker_for(writer)
+
+    def engine_options(self) -> dict[str, Any]:
+        """Queue pool for files and shared memory alike."""
+        options = super().engine_options() | self.pooling_options()
+        options["pool_pre_ping"] = False
+        options["poolclass"] = AsyncAdaptedQueuePool
+        return options
+
+    def configure(self, engine: Engine) -> None:
+        """Install the pragmas and portside-driven BEGIN."""
+        _install_defaults(engine, self.settings, memory=self._memory is not None)
+
+    def new_session(self, *, writes: bool = True) -> AsyncSession:
+        """A session whose transactions begin IMMEDIATE when it may write."""
+        return (self._writer_sessionmaker if writes else self._sessionmaker)()
+
+    def verify_connection(self, connection: Connection) -> None:
+        """Read the pragmas back; raise :class:`~portside.errors.StartupError` if refused."""
+        _verify(connection, self.settings, memory=self._memory is not None)
+
+    async def dispose(self) -> None:
+        """Dispose the engine, then let the in-memory database go if nobody else uses it."""
+        try:
+            await super().dispose()
+        finally:
+            if self._memory is not None:
+                self._memory.release()
+
+
+def build_sqlite(
+    settings: DatabaseSettings, sync_url: URL | None, async_url: URL | None
+) -> tuple[SQLiteAdapter | None, AsyncSQLiteAdapter | None]:
+    """Build the requested SQLite adapters; in-memory ones share one database and gate."""
+    memory = is_sqlite_memory(sync_url or async_url)  # type: ignore[arg-type]
+    shared = _SharedMemory() if memory else None
+    gate = SerialGate(settings.pool_timeout) if memory else None
+    sync_adapter: SQLiteAdapter | None = None
+    try:
+        if sync_url is not None:
+            sync_adapter = SQLiteAdapter(settings, sync_url, shared_memory=shared, gate=gate)
+        async_adapter = (
+            AsyncSQLiteAdapter(settings, async_url, shared_memory=shared, gate=gate)
+            if async_url is not None
+            else None
+        )
+    except BaseException:
+        if sync_adapter is not None:
+            sync_adapter.dispose()
+        elif shared is not None:
+            shared.close()
+        raise
+    return sync_adapter, async_adapter

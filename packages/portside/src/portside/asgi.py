@@ -1,0 +1,148 @@
+"""The unit of work at the ASGI level, shared by every integration.
+
+:class:`UnitOfWorkMiddleware` gives each HTTP request a lazily opened
+:class:`~portside.UnitOfWork` and ends it when the app sends
+``http.response.start``, the only moment the real status is known and the
+client has not been told anything yet:
+
+* status < 400 (3xx included unless ``commit_redirects=False``): commit, then
+  let the response start; if the commit fails, roll back and send a 5xx instead;
+* status >= 400: roll back;
+* the app raised before starting a response: roll back; a database that cannot
+  serve (exhausted pool, lost connection) is answered with 503, anything else is
+  re-raised for the framework or server to report.
+
+Whatever happens, cancellation included, the unit ends before the middleware
+returns. Framework-neutral: it knows ASGI and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from portside.errors import LifecycleStateError, is_database_unavailable
+
+if TYPE_CHECKING:
+    from portside.lifecycle import Lifecycle
+    from portside.unit_of_work import UnitOfWork
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+LifecycleLookup = Callable[[Scope], "Lifecycle"]
+
+#: Key of the request's unit of work in the ASGI scope.
+UNIT_OF_WORK_KEY = "portside.unit_of_work"
+#: Key of the lifecycle in lifespan state (and so in every request's ``scope["state"]``).
+LIFECYCLE_STATE_KEY = "portside.lifecycle"
+#: Methods whose units of work are hinted read-only (concurrent reads on SQLite).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+logger = logging.getLogger("portside")
+
+
+def lifecycle_from_state(scope: Scope) -> Lifecycle:
+    """Find the lifecycle the portside lifespan put into lifespan state."""
+    lifecycle: Lifecycle | None = (scope.get("state") or {}).get(LIFECYCLE_STATE_KEY)
+    if lifecycle is None:
+        raise LifecycleStateError(
+            "No portside lifecycle in this request's state. Is the app's lifespan "
+            "portside's (e.g. FastAPI(lifespan=portside_fastapi.lifespan(...))), and does "
+            "the server or test client run the lifespan and support lifespan state?"
+        )
+    return lifecycle
+
+
+def unit_of_work_from_scope(scope: Scope) -> UnitOfWork:
+    """The request's unit of work, as :class:`UnitOfWorkMiddleware` stored it."""
+    try:
+        unit: UnitOfWork = scope[UNIT_OF_WORK_KEY]
+    except KeyError:
+        raise LifecycleStateError(
+            "This request has no portside unit of work: add portside's middleware to "
+            "the app (see the README of your framework's portside integration)."
+        ) from None
+    return unit
+
+
+def error_response(exc: BaseException) -> tuple[int, dict[str, str]]:
+    """Status and JSON body answering a request whose database work failed."""
+    if is_database_unavailable(exc):
+        return 503, {"detail": "The database is unavailable; try again shortly."}
+    return 500, {"detail": "The change could not be saved; nothing was committed."}
+
+
+async def send_error(send: Send, exc: BaseException) -> None:
+    """Send :func:`error_response` for ``exc`` as a complete JSON response."""
+    status, body = error_response(exc)
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class UnitOfWorkMiddleware:
+    """Pure ASGI middleware ending each request's unit of work before the response.
+
+    ``lifecycle`` finds the running :class:`~portside.Lifecycle` for a request; the
+    default reads lifespan state, where the portside lifespans put it.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        lifecycle: LifecycleLookup = lifecycle_from_state,
+        commit_redirects: bool = True,
+    ) -> None:
+        self.app = app
+        self._lifecycle = lifecycle
+        self._commit_below = 400 if commit_redirects else 300
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        unit = self._lifecycle(scope).unit_of_work(writes=scope["method"] not in SAFE_METHODS)
+        scope[UNIT_OF_WORK_KEY] = unit
+        started = False
+        replaced = False
+
+        async def send_after_unit(message: Message) -> None:
+            nonlocal started, replaced
+            if replaced:
+                return  # the app's own response was replaced by an error
+            if message["type"] == "http.response.start":
+                started = True
+                try:
+                    await unit.finish(commit=message["status"] < self._commit_below)
+                except Exception as exc:
+                    replaced = True
+                    logger.exception("commit failed; answering with an error instead")
+                    await send_error(send, exc)
+                    return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_after_unit)
+        except Exception as exc:
+            await unit.finish(commit=False)
+            if started or not is_database_unavailable(exc):
+                raise
+            logger.warning("database unavailable: %s", exc)
+            await send_error(send, exc)
+        finally:
+            await unit.finish(commit=False)

@@ -1,0 +1,61 @@
+"""Every exception portside raises on purpose.
+
+Messages say what happened and what to do next, and never contain a password:
+URLs in them are always masked first.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+
+class PortsideError(Exception):
+    """Base class of the errors portside raises on purpose."""
+
+
+class ConfigurationError(PortsideError, ValueError):
+    """The settings or a database URL cannot work as given."""
+
+
+class DriverMissingError(ConfigurationError):
+    """The database driver a URL asks for is not installed."""
+
+
+class StartupError(PortsideError):
+    """A database could not be made ready at startup.
+
+    Raised by :class:`portside.Lifecycle` after it has disposed everything it built.
+    """
+
+
+class ShutdownError(PortsideError):
+    """Disposing one or more databases failed at shutdown (every failure is listed)."""
+
+
+class LifecycleStateError(PortsideError, RuntimeError):
+    """The lifecycle was used before startup, after shutdown, or entered twice."""
+
+
+class ShuttingDownError(LifecycleStateError):
+    """A unit of work asked for a session while the lifecycle shuts down."""
+
+
+class UnitOfWorkEndedError(PortsideError, InvalidRequestError):
+    """A session was used after its unit of work (usually: its request) had ended.
+
+    Subclasses SQLAlchemy's ``InvalidRequestError``, which is what a permanently
+    closed session raises without portside.
+    """
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the database cannot serve now" rather than "bad request".
+
+    True for an exhausted pool (SQLAlchemy's pool ``TimeoutError``), a connection
+    that was lost or invalidated, an operational failure reported by the driver,
+    and a lifecycle that is shutting down. Integrations answer these with 503.
+    """
+    if isinstance(exc, PoolTimeoutError | ShuttingDownError | OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated

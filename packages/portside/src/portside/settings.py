@@ -1,0 +1,305 @@
+"""``DatabaseSettings``: one database's configuration, read from the environment.
+
+Every field is read from a ``DATABASE_``-prefixed environment variable (or a
+``.env`` file in the working directory): ``url`` from ``DATABASE_URL`` and so on.
+More databases use other prefixes::
+
+    analytics = DatabaseSettings(_env_prefix="ANALYTICS_DATABASE_")
+
+After validation both URLs are resolved (a missing one is derived from the other)
+and checked, so ``settings.url`` and ``settings.async_url`` are always set. The
+URLs hold the password; ``repr()``/``str()`` and the ``masked_*`` properties show
+them masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextvars import ContextVar
+from typing import Any, Literal, Self
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+
+from portside.errors import ConfigurationError
+from portside.urls import (
+    derive_async_url,
+    derive_sync_url,
+    ensure_async,
+    ensure_sync,
+    mask_url,
+    parse_url,
+)
+
+__all__ = ["DEFAULT_URL", "DatabaseSettings"]
+
+#: The database used when neither URL is configured: a SQLite file in the working
+#: directory, so an app runs out of the box.
+DEFAULT_URL = "sqlite:///./portside.db"
+
+_DEFAULT_ENV_PREFIX = "DATABASE_"
+
+# The ``_env_prefix`` given to the constructor, if any. pydantic-settings does not
+# keep it on the instance, but error messages should name the variables the user
+# actually set (ANALYTICS_DATABASE_URL, not DATABASE_URL).
+_constructor_env_prefix: ContextVar[str | None] = ContextVar(
+    "portside_constructor_env_prefix", default=None
+)
+
+
+class DatabaseSettings(BaseSettings):
+    """How to reach one database and how to pool, time out and log its connections.
+
+    Raises :class:`~portside.errors.ConfigurationError` when the URLs cannot work
+    together, and pydantic's ``ValidationError`` for an invalid field value; neither
+    message contains a password.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=_DEFAULT_ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # pydantic would otherwise quote the offending input, URL and password included.
+        hide_input_in_errors=True,
+        frozen=True,
+    )
+
+    url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL for the synchronous engine, e.g. "
+            "postgresql+psycopg://user:password@host:5432/app; derived from the async URL "
+            f"when unset, and {DEFAULT_URL} when both are unset."
+        ),
+    )
+    async_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL for the asyncio engine, e.g. "
+            "postgresql+asyncpg://user:password@host:5432/app; derived from the "
+            "synchronous URL when unset."
+        ),
+    )
+    echo: bool = Field(
+        default=False,
+        description="Log every SQL statement the engines run (for debugging, not production).",
+    )
+    engines: Literal["both", "sync", "async"] = Field(
+        default="both",
+        description=(
+            "Which engines to build for this database: both, only sync (which also works "
+            "under trio, as async SQLAlchemy runs on asyncio only), or only async."
+        ),
+    )
+    pool_size: int = Field(
+        default=5,
+        ge=1,
+        description="Number of connections each engine's pool keeps open for reuse.",
+    )
+    max_overflow: int = Field(
+        default=10,
+        ge=0,
+        description=(
+            "Connections an engine may open beyond pool_size under load, closed again "
+            "when returned; 0 allows none."
+        ),
+    )
+    pool_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds to wait for a free connection when the pool is exhausted before the "
+            "unit of work fails."
+        ),
+    )
+    pool_recycle: float = Field(
+        default=1800.0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds after which a pooled connection is replaced on its next checkout, "
+            "to stay ahead of server and proxy idle timeouts; -1 disables recycling."
+        ),
+    )
+    pool_pre_ping: bool = Field(
+        default=True,
+        description=(
+            "Test each pooled connection with a cheap ping on checkout and replace it if "
+            "the server has dropped it."
+        ),
+    )
+    connect_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds one attempt to open a database connection may take.",
+    )
+    startup_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Total seconds startup may spend reaching the database, retrying with "
+            "backoff, before it fails."
+        ),
+    )
+    shutdown_timeout: float = Field(
+        default=10.0,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds shutdown waits for in-flight units of work to finish before it "
+            "disposes the engines anyway."
+        ),
+    )
+    cleanup_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds a session's rollback or close may take before its connection is "
+            "invalidated instead of returned to the pool."
+        ),
+    )
+    sqlite_busy_timeout: float = Field(
+        default=5.0,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds SQLite waits for a lock held by another connection before failing "
+            "with 'database is locked'."
+        ),
+    )
+    hide_parameters: bool = Field(
+        default=True,
+        description=(
+            "Keep SQL parameter values, which may hold personal data or secrets, out of "
+            "logs and error messages."
+        ),
+    )
+
+    def __init__(self, *args: Any, **values: Any) -> None:
+        token = _constructor_env_prefix.set(values.get("_env_prefix"))
+        try:
+            super().__init__(*args, **values)
+        except ValidationError as exc:
+            # Our own URL checks fail with a ConfigurationError, which pydantic wraps
+            # in a ValidationError; hand the user the error portside documents.
+            own = _configuration_error(exc)
+            if own is None:
+                raise
+            raise own from None
+        finally:
+            _constructor_env_prefix.reset(token)
+
+    @field_validator("url", "async_url", mode="before")
+    @classmethod
+    def _accept_url_objects(cls, value: Any) -> Any:
+        """Let code pass a SQLAlchemy ``URL`` where a string is expected."""
+        if isinstance(value, URL):
+            return value.render_as_string(hide_password=False)
+        return value
+
+    @field_validator("pool_recycle")
+    @classmethod
+    def _check_pool_recycle(cls, value: float) -> float:
+        # 0 would replace the connection on every checkout, i.e. no pooling at all.
+        if value != -1 and value <= 0:
+            raise ValueError("must be a positive number of seconds, or -1 to disable")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_urls(self) -> Self:
+        """Check the given URLs, derive the missing one, and store both as strings."""
+        prefix = _constructor_env_prefix.get()
+        if prefix is None:
+            prefix = self.model_config.get("env_prefix", _DEFAULT_ENV_PREFIX)
+        sync_setting, async_setting = f"{prefix}URL".upper(), f"{prefix}ASYNC_URL".upper()
+
+        sync_url = async_url = None
+        if self.url is not None:
+            sync_url = parse_url(self.url, setting=sync_setting)
+            ensure_sync(sync_url, setting=sync_setting)
+            if "+" not in sync_url.drivername:
+                # A bare scheme means "SQLAlchemy's default driver", which differs
+                # between SQLAlchemy versions; spell out the one portside ships.
+                sync_url = derive_sync_url(sync_url)
+        if self.async_url is not None:
+            async_url = parse_url(self.async_url, setting=async_setting)
+            ensure_async(async_url, setting=async_setting)
+        if sync_url is None and async_url is None:
+            sync_url = make_url(DEFAULT_URL)
+
+        if sync_url is None:
+            assert async_url is not None
+            sync_url = derive_sync_url(async_url)
+        elif async_url is None:
+            async_url = derive_async_url(sync_url)
+        elif sync_url.get_backend_name() != async_url.get_backend_name():
+            raise ConfigurationError(
+                f"{sync_setting} ({mask_url(sync_url)}) and {async_setting} "
+                f"({mask_url(async_url)}) point to different backends "
+                f"({sync_url.get_backend_name()} and {async_url.get_backend_name()}); "
+                "both must name the same database, or set only one and let portside "
+                "derive the other."
+            )
+
+        # The model is frozen; these writes are part of its own validation, before
+        # anyone else can see the instance.
+        object.__setattr__(self, "url", _as_text(sync_url, given=self.url))
+        object.__setattr__(self, "async_url", _as_text(async_url, given=self.async_url))
+        return self
+
+    @property
+    def sync_url_object(self) -> URL:
+        """The synchronous engine's URL, parsed (password included)."""
+        return make_url(_resolved(self.url))
+
+    @property
+    def async_url_object(self) -> URL:
+        """The asyncio engine's URL, parsed (password included)."""
+        return make_url(_resolved(self.async_url))
+
+    @property
+    def masked_url(self) -> str:
+        """The synchronous URL with its password as ``***``, for logs and messages."""
+        return mask_url(_resolved(self.url))
+
+    @property
+    def masked_async_url(self) -> str:
+        """The asyncio URL with its password as ``***``, for logs and messages."""
+        return mask_url(_resolved(self.async_url))
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # repr() and str() are built from these; show the URLs masked only.
+        for name, value in super().__repr_args__():
+            if name in ("url", "async_url") and value is not None:
+                yield name, mask_url(value)
+            else:
+                yield name, value
+
+
+def _resolved(value: str | None) -> str:
+    if value is None:  # only possible for an instance built with model_construct()
+        raise ConfigurationError("These settings were not validated; build them normally.")
+    return value
+
+
+def _as_text(url: URL, *, given: str | None) -> str:
+    """``url`` as text: as the user wrote it when portside left it unchanged."""
+    # SQLAlchemy re-renders some parts differently (":memory:" -> "%3Amemory%3A"),
+    # so the user's own spelling is kept when it means the same URL.
+    if given is not None and make_url(given.strip()) == url:
+        return given.strip()
+    return url.render_as_string(hide_password=False)
+
+
+def _configuration_error(exc: ValidationError) -> ConfigurationError | None:
+    """The ConfigurationError behind a ValidationError, if that is all it holds."""
+    errors = exc.errors()
+    if len(errors) != 1:
+        return None
+    cause = errors[0].get("ctx", {}).get("error")
+    return cause if isinstance(cause, ConfigurationError) else None

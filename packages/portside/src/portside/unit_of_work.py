@@ -1,0 +1,236 @@
+"""The unit of work: portside's one commit/rollback policy.
+
+A unit of work (one web request, one background job) opens at most one session
+per database, lazily, when code first asks for it. It ends exactly once, with
+:meth:`UnitOfWork.finish`: commit everything or roll everything back, then close.
+Cleanup runs shielded from cancellation and bounded in time; a connection whose
+cleanup fails or times out is invalidated, never returned to the pool dirty. After
+the end, every session of the unit refuses further use.
+
+Several databases are committed one after the other; there is no two-phase
+commit, so a failure at the second commit cannot undo the first.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import anyio
+import anyio.to_thread
+
+from portside.errors import LifecycleStateError
+from portside.event_loop import on_event_loop_thread
+
+if TYPE_CHECKING:
+    from portside.adapters import AsyncAdapter, SyncAdapter
+    from portside.lifecycle import Lifecycle, _Database
+    from portside.serial_gate import SerialGate
+    from portside.sessions import AsyncSession, Session
+
+logger = logging.getLogger("portside")
+
+
+def _close_sync(session: Session) -> None:
+    """Close ``session`` (its transaction rolls back); invalidate if that fails."""
+    try:
+        session.close()
+    except Exception:
+        logger.warning("closing a session failed; invalidating its connection", exc_info=True)
+        try:
+            session.invalidate()
+        except Exception:
+            logger.exception("invalidating a session's connection failed")
+
+
+async def _close_async(session: AsyncSession, limit: float) -> None:
+    """Close ``session`` within ``limit`` seconds; invalidate its connection otherwise."""
+    closed = False
+    with anyio.move_on_after(limit):
+        try:
+            await session.close()
+            closed = True
+        except Exception:
+            logger.warning("closing a session failed; invalidating its connection", exc_info=True)
+    if closed:
+        return
+    logger.warning("session cleanup did not finish cleanly; invalidating its connection")
+    with anyio.move_on_after(limit):
+        try:
+            await session.invalidate()
+        except Exception:
+            logger.exception("invalidating a session's connection failed")
+
+
+class UnitOfWork:
+    """One transaction per database, opened on first use and ended together.
+
+    Get one from :meth:`portside.Lifecycle.unit_of_work`. Use it as an async
+    context manager (commit on clean exit, rollback on exception) or call
+    :meth:`finish` yourself, as the web integrations do once they know the
+    response status.
+
+    ``writes`` is a hint: on SQLite, units that may write begin ``IMMEDIATE``
+    transactions (queued, never "database is locked"), read-only ones begin plain
+    ones and run concurrently. Nothing is enforced.
+    """
+
+    def __init__(self, lifecycle: Lifecycle, *, writes: bool = True) -> None:
+        self._lifecycle = lifecycle
+        self.writes = writes
+        self._sync: dict[str, Session] = {}
+        self._async: dict[str, AsyncSession] = {}
+        self._gates: list[SerialGate] = []
+        self._counted = False
+        self._ended = False
+
+    @property
+    def opened(self) -> bool:
+        """Whether any session was opened (a unit that opened none has nothing to end)."""
+        return bool(self._sync or self._async)
+
+    @property
+    def ended(self) -> bool:
+        """Whether :meth:`finish` has run."""
+        return self._ended
+
+    def _database(self, name: str | None) -> _Database:
+        if self._ended:
+            raise LifecycleStateError(
+                "This unit of work has ended; open a new one for more database work."
+            )
+        return self._lifecycle.database(name)
+
+    def _admit(self, adapter: SyncAdapter | AsyncAdapter) -> SerialGate | None:
+        """Count this unit as in flight; return the gate it still has to pass, if any."""
+        if not self._counted:
+            self._lifecycle._unit_started()
+            self._counted = True
+        gate = adapter.gate
+        return gate if gate is not None and gate not in self._gates else None
+
+    async def async_session(self, name: str | None = None) -> AsyncSession:
+        """The unit's async session for database ``name`` (default: the first one)."""
+        database = self._database(name)
+        session = self._async.get(database.name)
+        if session is None:
+            adapter = database.require_async()
+            if gate := self._admit(adapter):
+                await gate.acquire()
+                self._gates.append(gate)
+            session = self._async[database.name] = adapter.new_session(writes=self.writes)
+        return session
+
+    async def session(self, name: str | None = None) -> Session:
+        """The unit's sync session for database ``name``, asked for from the event loop.
+
+        Creating it does no I/O; use it only from worker threads (sync endpoints).
+        """
+        database = self._database(name)
+        session = self._sync.get(database.name)
+        if session is None:
+            adapter = database.require_sync()
+            if gate := self._admit(adapter):
+                await gate.acquire()
+                self._gates.append(gate)
+            session = self._sync[database.name] = adapter.new_session(writes=self.writes)
+        return session
+
+    def session_blocking(self, name: str | None = None) -> Session:
+        """Like :meth:`session`, for code already running in a worker thread."""
+        if on_event_loop_thread():
+            raise LifecycleStateError(
+                "A sync unit of work was opened on the event loop's thread, where its "
+                "blocking I/O would stall every other request. Run this code in a worker "
+                "thread (e.g. anyio.to_thread.run_sync) or use async_session()."
+            )
+        database = self._database(name)
+        session = self._sync.get(database.name)
+        if session is None:
+            adapter = database.require_sync()
+            if gate := self._admit(adapter):
+                gate.acquire_blocking()
+                self._gates.append(gate)
+            session = self._sync[database.name] = adapter.new_session(writes=self.writes)
+        return session
+
+    async def finish(self, *, commit: bool) -> None:
+        """End the unit once: commit (or roll back) every session, then close them.
+
+        If a commit fails, every session not yet committed is rolled back and the
+        commit's exception is raised after cleanup. Calling it again does nothing.
+        """
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            if commit:
+                for async_session in self._async.values():
+                    await async_session.commit()
+                for sync_session in self._sync.values():
+                    await anyio.to_thread.run_sync(sync_session.commit)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close_all()
+
+    async def _close_all(self) -> None:
+        timeout = self._lifecycle.cleanup_timeout
+        try:
+            for async_session in self._async.values():
+                async_session.mark_ended()
+                await _close_async(async_session, timeout)
+            for sync_session in self._sync.values():
+                sync_session.mark_ended()
+                with anyio.move_on_after(timeout) as scope:
+                    await anyio.to_thread.run_sync(
+                        _close_sync, sync_session, abandon_on_cancel=True
+                    )
+                if scope.cancelled_caught:
+                    logger.error(
+                        "closing a sync session took longer than %ss; its worker thread "
+                        "keeps the connection until the driver gives up",
+                        timeout,
+                    )
+        finally:
+            self._release()
+
+    def finish_blocking(self, *, commit: bool) -> None:
+        """:meth:`finish` for a unit used from a worker thread (sync sessions only)."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._async:
+            raise LifecycleStateError(
+                "finish_blocking() cannot end async sessions; use `await finish()`."
+            )
+        try:
+            if commit:
+                for sync_session in self._sync.values():
+                    sync_session.commit()
+        finally:
+            try:
+                for sync_session in self._sync.values():
+                    sync_session.mark_ended()
+                    _close_sync(sync_session)
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        for gate in self._gates:
+            gate.release()
+        self._gates.clear()
+        if self._counted:
+            self._counted = False
+            self._lifecycle._unit_finished()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.finish(commit=exc_type is None)

@@ -1,0 +1,37 @@
+"""PostgreSQL's defaults, read off the engines the lifecycle builds."""
+
+from __future__ import annotations
+
+import pytest
+from portside import DatabaseSettings, Lifecycle
+from sqlalchemy import text
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_pool_settings_reach_both_engines(postgresql_url: str) -> None:
+    settings = DatabaseSettings(
+        url=postgresql_url, pool_size=3, max_overflow=2, pool_timeout=4, pool_recycle=600
+    )
+    async with Lifecycle(settings) as lifecycle:
+        database = lifecycle.database()
+        assert database.sync is not None
+        assert database.async_ is not None
+        for engine in (database.sync.engine, database.async_.engine.sync_engine):
+            pool = engine.pool
+            assert pool.size() == 3  # type: ignore[attr-defined]
+            assert pool._max_overflow == 2  # type: ignore[attr-defined]
+            assert pool._timeout == 4  # type: ignore[attr-defined]
+            assert pool._recycle == 600
+            assert pool._pre_ping is True
+        assert database.sync.driver == "psycopg"
+        assert database.async_.driver == "asyncpg"
+
+
+async def test_sessions_talk_to_the_server(postgresql_url: str) -> None:
+    async with (
+        Lifecycle(DatabaseSettings(url=postgresql_url)) as lifecycle,
+        lifecycle.async_session() as session,
+    ):
+        version = (await session.exec(text("SHOW server_version"))).scalar_one()
+    assert version.split(".")[0].isdigit()

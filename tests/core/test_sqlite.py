@@ -1,0 +1,167 @@
+"""SQLite's defaults: pragmas, writers that queue instead of failing, in-memory sharing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+from portside import DatabaseSettings, Lifecycle
+from sqlalchemy import func, insert, select, text, update
+
+from .conftest import create_tables, notes
+
+pytestmark = pytest.mark.anyio
+
+
+def file_settings(tmp_path: Path, **overrides: object) -> DatabaseSettings:
+    return DatabaseSettings(url=f"sqlite:///{tmp_path / 'app.db'}", **overrides)  # type: ignore[arg-type]
+
+
+async def test_every_connection_gets_the_pragmas(tmp_path: Path) -> None:
+    settings = file_settings(tmp_path, sqlite_busy_timeout=7.5)
+    async with Lifecycle(settings) as lifecycle:
+        async with lifecycle.async_session() as session:
+            values = {
+                name: (await session.exec(text(f"PRAGMA {name}"))).scalar()
+                for name in ("foreign_keys", "journal_mode", "busy_timeout", "synchronous")
+            }
+
+        def sync_values() -> dict[str, object]:
+            with lifecycle.session() as session:
+                return {
+                    name: session.exec(text(f"PRAGMA {name}")).scalar()
+                    for name in ("foreign_keys", "journal_mode", "busy_timeout", "synchronous")
+                }
+
+        sync = await anyio.to_thread.run_sync(sync_values)
+    expected = {"foreign_keys": 1, "journal_mode": "wal", "busy_timeout": 7500, "synchronous": 1}
+    assert values == expected
+    assert sync == expected
+
+
+async def test_twenty_concurrent_read_then_write_units_all_commit(tmp_path: Path) -> None:
+    """Plain BEGIN fails these with "database is locked"; BEGIN IMMEDIATE queues them."""
+    async with Lifecycle(file_settings(tmp_path, pool_size=20)) as lifecycle:
+        await create_tables(lifecycle)
+        async with lifecycle.async_session() as session:
+            await session.exec(insert(notes).values(id=1, body="0"))
+
+        async def increment_async() -> None:
+            async with lifecycle.async_session() as session:
+                current = (await session.exec(select(notes.c.body))).scalar_one()
+                await anyio.sleep(0.01)  # let the others read the same value
+                await session.exec(update(notes).values(body=str(int(current) + 1)))
+
+        def increment_sync() -> None:
+            with lifecycle.session() as session:
+                current = session.exec(select(notes.c.body)).scalar_one()
+                session.exec(update(notes).values(body=str(int(current) + 1)))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(10):
+                group.start_soon(increment_async)
+                group.start_soon(anyio.to_thread.run_sync, increment_sync)
+        async with lifecycle.async_session() as session:
+            final = (await session.exec(select(notes.c.body))).scalar_one()
+    assert final == "20"  # every read-then-write saw the previous one's commit
+
+
+async def test_read_only_units_run_concurrently(tmp_path: Path) -> None:
+    async with Lifecycle(file_settings(tmp_path)) as lifecycle:
+        await create_tables(lifecycle)
+        first_reading = anyio.Event()
+        second_done = anyio.Event()
+
+        async def first() -> None:
+            async with lifecycle.async_session(writes=False) as session:
+                await session.exec(select(notes))
+                first_reading.set()
+                with anyio.fail_after(5):
+                    await second_done.wait()  # still inside the first transaction
+
+        async def second() -> None:
+            await first_reading.wait()
+            async with lifecycle.async_session(writes=False) as session:
+                await session.exec(select(notes))
+            second_done.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(first)
+            group.start_soon(second)
+
+
+async def test_in_memory_sync_and_async_sessions_share_one_database() -> None:
+    async with Lifecycle(DatabaseSettings(url="sqlite://")) as lifecycle:
+        await create_tables(lifecycle)
+        async with lifecycle.async_session() as session:
+            await session.exec(insert(notes).values(body="from async"))
+
+        def sync_side() -> list[str]:
+            with lifecycle.session() as session:
+                session.exec(insert(notes).values(body="from sync"))
+            with lifecycle.session() as session:
+                return sorted(session.exec(select(notes.c.body)).scalars())
+
+        assert await anyio.to_thread.run_sync(sync_side) == ["from async", "from sync"]
+
+
+async def test_in_memory_rollback_never_erases_another_units_commit() -> None:
+    async with Lifecycle(DatabaseSettings(url="sqlite://")) as lifecycle:
+        await create_tables(lifecycle)
+        a_inserted = anyio.Event()
+
+        async def committer() -> None:
+            async with lifecycle.async_session() as session:
+                await session.exec(insert(notes).values(body="committed"))
+                a_inserted.set()
+                await anyio.sleep(0.05)
+
+        async def roller_back() -> None:
+            await a_inserted.wait()
+            with pytest.raises(RuntimeError):
+                async with lifecycle.async_session() as session:
+                    await session.exec(insert(notes).values(body="rolled back"))
+                    raise RuntimeError("undo mine only")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(committer)
+            group.start_soon(roller_back)
+        async with lifecycle.async_session() as session:
+            bodies = (await session.exec(select(notes.c.body))).scalars().all()
+    assert bodies == ["committed"]
+
+
+async def test_two_in_memory_lifecycles_are_separate_databases() -> None:
+    async with (
+        Lifecycle(DatabaseSettings(url="sqlite://")) as one,
+        Lifecycle(DatabaseSettings(url="sqlite://")) as two,
+    ):
+        await create_tables(one)
+        await create_tables(two)
+        async with one.async_session() as session:
+            await session.exec(insert(notes).values(body="only in one"))
+        async with two.async_session() as session:
+            count = (await session.exec(select(func.count()).select_from(notes))).scalar()
+    assert count == 0
+
+
+async def test_startup_fails_loudly_when_sqlite_refuses_wal(tmp_path: Path) -> None:
+    from portside import StartupError
+
+    # A read-only database cannot switch to WAL: startup must say so, not limp on.
+    path = tmp_path / "readonly.db"
+    async with Lifecycle(DatabaseSettings(url=f"sqlite:///{path}")):
+        pass
+    url = f"sqlite:///file:{path}?mode=ro&uri=true"
+    (tmp_path / "readonly.db-wal").unlink(missing_ok=True)
+    (tmp_path / "readonly.db-shm").unlink(missing_ok=True)
+    import sqlite3
+
+    with sqlite3.connect(path) as raw:
+        raw.execute("PRAGMA journal_mode=DELETE")
+    raw.close()
+    with pytest.raises(StartupError, match="readonly database"):
+        async with Lifecycle(DatabaseSettings(url=url, startup_timeout=1)):
+            pass
