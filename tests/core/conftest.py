@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from portside import DatabaseSettings, Lifecycle
 from sqlalchemy import Column, Integer, MetaData, String, Table
+
+from portside import DatabaseSettings, Lifecycle
 
 metadata = MetaData()
 notes = Table(

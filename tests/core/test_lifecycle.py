@@ -9,6 +9,8 @@ import threading
 import anyio
 import anyio.to_thread
 import pytest
+from sqlalchemy import func, insert, select, text
+
 from portside import (
     Lifecycle,
     LifecycleStateError,
@@ -17,7 +19,6 @@ from portside import (
     StartupError,
     UnitOfWorkEndedError,
 )
-from sqlalchemy import func, insert, select, text
 
 from .conftest import SettingsFactory, create_tables, notes
 

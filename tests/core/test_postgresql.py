@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import anyio
+import anyio.to_thread
 import pytest
-from portside import DatabaseSettings, Lifecycle
 from sqlalchemy import text
+
+from portside import DatabaseSettings, Lifecycle
 
 pytestmark = pytest.mark.anyio
 
@@ -35,3 +38,16 @@ async def test_sessions_talk_to_the_server(postgresql_url: str) -> None:
     ):
         version = (await session.exec(text("SHOW server_version"))).scalar_one()
     assert version.split(".")[0].isdigit()
+
+
+async def test_libpq_url_parameters_work_for_both_drivers(postgresql_url: str) -> None:
+    url = f"{postgresql_url}?application_name=portside-libpq&sslmode=disable"
+    async with Lifecycle(DatabaseSettings(url=url)) as lifecycle:
+        async with lifecycle.async_session() as session:
+            name = (await session.exec(text("SHOW application_name"))).scalar_one()
+
+        def sync_name() -> str:
+            with lifecycle.session() as session:
+                return str(session.exec(text("SHOW application_name")).scalar_one())
+
+        assert await anyio.to_thread.run_sync(sync_name) == name == "portside-libpq"

@@ -7,11 +7,12 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+
 from portside.errors import ConfigurationError
 from portside.settings import DatabaseSettings
 from portside.urls import redact
-from pydantic import ValidationError
-from sqlalchemy.engine import make_url
 
 PASSWORD = "p@ss:w/rd%"
 ENCODED = quote_plus(PASSWORD)
@@ -187,6 +188,19 @@ def test_both_urls_given_are_kept() -> None:
 
     assert settings.url == "postgresql+psycopg://app@primary/shop"
     assert settings.async_url == "postgresql+asyncpg://app@pooler/shop"
+
+
+def test_unchanged_url_keeps_the_users_spelling() -> None:
+    settings = DatabaseSettings(url="sqlite:///:memory:")
+
+    assert settings.url == "sqlite:///:memory:"
+    assert settings.async_url_object.database == ":memory:"
+
+
+def test_resolved_settings_round_trip() -> None:
+    settings = DatabaseSettings(url=SECRET_SYNC_URL, pool_size=3)
+
+    assert DatabaseSettings(**settings.model_dump()) == settings
 
 
 def test_resolved_urls_keep_the_password() -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import pytest
-from portside import DatabaseSettings, Lifecycle
 from sqlalchemy import func, insert, select, text, update
+
+from portside import DatabaseSettings, Lifecycle
 
 from .conftest import create_tables, notes
 

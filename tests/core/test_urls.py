@@ -5,6 +5,8 @@ from __future__ import annotations
 from urllib.parse import quote, quote_plus
 
 import pytest
+from sqlalchemy.engine import URL, make_url
+
 from portside.errors import ConfigurationError
 from portside.urls import (
     UNPARSEABLE_URL,
@@ -18,7 +20,6 @@ from portside.urls import (
     parse_url,
     redact,
 )
-from sqlalchemy.engine import URL, make_url
 
 PASSWORD = "p@ss:w/rd%"
 ENCODED = quote_plus(PASSWORD)  # p%40ss%3Aw%2Frd%25

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from portside.settings import DatabaseSettings
 
 
-# libpq URL parameters that asyncpg only accepts as server settings.
+# libpq URL parameters asyncpg rejects, and where asyncpg takes them instead.
 _LIBPQ_SERVER_SETTINGS = ("application_name",)
+_LIBPQ_SSLMODE = "sslmode"
 
 
 class PostgreSQLAdapter(SyncAdapter):
@@ -37,15 +38,18 @@ class PostgreSQLAdapter(SyncAdapter):
 class AsyncPostgreSQLAdapter(AsyncAdapter):
     """Asynchronous PostgreSQL through asyncpg.
 
-    asyncpg rejects libpq's ``application_name`` URL parameter; it is moved into
-    asyncpg's ``server_settings`` so one URL serves both engines.
+    asyncpg rejects libpq's ``application_name`` and ``sslmode`` URL parameters; they
+    are moved into asyncpg's ``server_settings`` and ``ssl`` so one URL serves both
+    engines.
     """
 
     def __init__(self, settings: DatabaseSettings, url: URL) -> None:
         self._server_settings = {
             key: str(url.query[key]) for key in _LIBPQ_SERVER_SETTINGS if key in url.query
         }
-        super().__init__(settings, url.difference_update_query(_LIBPQ_SERVER_SETTINGS))
+        self._ssl = url.query.get(_LIBPQ_SSLMODE)
+        moved = (*_LIBPQ_SERVER_SETTINGS, _LIBPQ_SSLMODE)
+        super().__init__(settings, url.difference_update_query(moved))
 
     def engine_options(self) -> dict[str, Any]:
         """Pool knobs from the settings plus asyncpg's connect timeout."""
@@ -53,6 +57,8 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
         options["connect_args"] = {"timeout": self.settings.connect_timeout}
         if self._server_settings:
             options["connect_args"]["server_settings"] = self._server_settings
+        if self._ssl is not None:
+            options["connect_args"]["ssl"] = str(self._ssl)
         return options
 
 
