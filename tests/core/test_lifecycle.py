@@ -232,20 +232,25 @@ async def test_startup_failure_disposes_what_it_built(postgresql_url: str) -> No
     assert await backends_named(postgresql_url, app_name) == 0
 
 
-async def test_logs_and_errors_carry_no_password(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        ("postgresql://app:S3cr%2Ft%40x@127.0.0.1:1/db", ["S3cr/t@x", "S3cr%2Ft%40x"]),
+        ("postgresql://app@127.0.0.1:1/db?password=Q9secret", ["Q9secret"]),
+    ],
+)
+async def test_logs_and_errors_carry_no_password(
+    caplog: pytest.LogCaptureFixture, url: str, secrets: list[str]
+) -> None:
     from portside import DatabaseSettings
 
     caplog.set_level(logging.DEBUG)
-    settings = DatabaseSettings(
-        url="postgresql+psycopg://app:S3cr%2Ft%40x@127.0.0.1:1/db?sslpassword=Q9secret",
-        startup_timeout=0.5,
-        echo=True,
-    )
+    settings = DatabaseSettings(url=url, startup_timeout=0.5, echo=True)
     with pytest.raises(StartupError) as caught:
         async with Lifecycle(settings):
             pass
     texts = [caplog.text, str(caught.value), repr(settings), repr(Lifecycle(settings))]
-    for secret in ("S3cr/t@x", "S3cr%2Ft%40x", "Q9secret"):
+    for secret in secrets:
         for shown in texts:
             assert secret not in shown
     assert "127.0.0.1:1" in caplog.text  # the masked URL is logged
@@ -342,3 +347,16 @@ def test_async_engines_under_trio_fail_with_advice(tmp_path) -> None:  # type: i
 
     with pytest.raises(StartupError, match="engines='sync'"):
         anyio.run(main, backend="trio")
+
+
+async def test_refused_authentication_fails_at_once(postgresql_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    from portside import DatabaseSettings
+
+    url = make_url(postgresql_url).set(username="portside_no_such_role", password=None)
+    settings = DatabaseSettings(url=url.render_as_string(hide_password=False), startup_timeout=60)
+    with anyio.fail_after(20), pytest.raises(StartupError, match="portside_no_such_role"):
+        # retrying cannot fix authentication; the 60 s budget must not be spent on it
+        async with Lifecycle(settings):
+            pass

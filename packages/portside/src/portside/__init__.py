@@ -6,6 +6,8 @@ gets one short-lived unit of work that commits *before* the client hears "succes
 drained and disposed at shutdown. No web framework is imported here.
 """
 
+import logging
+
 from portside.adapters import AsyncAdapter, PoolStatus, SyncAdapter
 from portside.errors import (
     ConfigurationError,
@@ -25,6 +27,9 @@ from portside.sessions import AsyncSession, Session
 from portside.settings import DatabaseSettings
 from portside.unit_of_work import UnitOfWork
 from portside.urls import mask_url
+
+# A library logs; the application decides where logs go (and stays silent by default).
+logging.getLogger("portside").addHandler(logging.NullHandler())
 
 __all__ = [
     "AsyncAdapter",

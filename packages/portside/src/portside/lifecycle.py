@@ -39,9 +39,22 @@ from portside.urls import redact
 logger = logging.getLogger("portside")
 
 _DRAIN_POLL_INTERVAL = 0.01
-# Errors worth retrying at startup: the server may still be coming up. Anything
-# else (a bad argument, a bug) fails at once instead of burning the whole timeout.
-_TRANSIENT = (DBAPIError, OSError, TimeoutError)
+# SQLSTATE class of authentication failures: retrying a wrong password never helps.
+_AUTHENTICATION_FAILED = "28"
+
+
+def _is_transient(exc: Exception) -> bool:
+    """Whether a startup check might pass if retried (the server may be coming up).
+
+    Anything else (a bad argument, a bug, a refused password) fails at once
+    instead of burning the whole startup timeout.
+    """
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        return not (isinstance(sqlstate, str) and sqlstate.startswith(_AUTHENTICATION_FAILED))
+    return isinstance(exc, OSError | TimeoutError)
+
+
 _RETRY_FIRST_DELAY = 0.1
 _RETRY_MAX_DELAY = 2.0
 
@@ -249,7 +262,12 @@ class Lifecycle:
                     raise StartupError(
                         f"Database {database.name!r} ({database.masked_url}): {exc}"
                     ) from None
-                except _TRANSIENT as exc:
+                except Exception as exc:
+                    if not _is_transient(exc):
+                        raise StartupError(
+                            f"Database {database.name!r} ({database.masked_url}) failed its "
+                            f"startup check: {database.redact(_one_line(exc))}"
+                        ) from exc
                     last_error = exc
                     logger.warning(
                         "database %r (%s) not ready (attempt %d): %s",
@@ -260,11 +278,6 @@ class Lifecycle:
                     )
                     await anyio.sleep(delay)
                     delay = min(delay * 2, _RETRY_MAX_DELAY)
-                except Exception as exc:
-                    raise StartupError(
-                        f"Database {database.name!r} ({database.masked_url}) failed its "
-                        f"startup check: {database.redact(_one_line(exc))}"
-                    ) from exc
                 else:
                     return
         cause = database.redact(_one_line(last_error)) if last_error else "no answer"
@@ -277,12 +290,13 @@ class Lifecycle:
         raise StartupError(message)
 
     async def _check(self, database: _Database) -> None:
-        if database.sync is not None:
-            await anyio.to_thread.run_sync(database.sync.ping, abandon_on_cancel=True)
-            await anyio.to_thread.run_sync(database.sync.verify, abandon_on_cancel=True)
+        # Async first: asyncpg reports the SQLSTATE of a refused login, psycopg does not.
         if database.async_ is not None:
             await database.async_.ping()
             await database.async_.verify()
+        if database.sync is not None:
+            await anyio.to_thread.run_sync(database.sync.ping, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(database.sync.verify, abandon_on_cancel=True)
 
     # -- units of work -------------------------------------------------------------
 

@@ -1,0 +1,279 @@
+"""``portside check``: can this process reach its databases, and how are they set up?
+
+Meant for operations (deploy checks, init containers, a first look at a broken
+environment). It reads :class:`~portside.DatabaseSettings` from the environment,
+or takes ``--url``, starts a :class:`~portside.Lifecycle` with a short timeout and
+prints per database: the masked URLs, drivers, server version, round-trip latency,
+pool settings and, for SQLite, the effective pragmas.
+
+Exit status: 0 when every database answers, 1 when one does not, 2 for a usage or
+configuration error. The reason is one line on stderr, with no traceback and no
+password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from pydantic import ValidationError
+from sqlalchemy import Connection
+
+from portside.errors import ConfigurationError, PortsideError
+from portside.lifecycle import Lifecycle
+from portside.settings import DatabaseSettings
+from portside.urls import driver_name, parse_url, redact
+
+__all__ = ["EXIT_DOWN", "EXIT_OK", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_DOWN = 1
+EXIT_USAGE = 2
+
+_DEFAULT_TIMEOUT = 5.0
+_NAME = "default"
+_VERSION_QUERIES = {"postgresql": "SHOW server_version", "sqlite": "SELECT sqlite_version()"}
+_SQLITE_PRAGMAS = ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+_SQLITE_SYNCHRONOUS = {0: "off", 1: "normal", 2: "full", 3: "extra"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``portside`` command with ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns the exit status instead of exiting, so tests and other tools can call it.
+    """
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+    # The lifecycle logs every retry; here the outcome is reported once, on stderr.
+    # Without a handler Python's last-resort handler would print those lines too.
+    quiet = logging.NullHandler()
+    logging.getLogger("portside").addHandler(quiet)
+    try:
+        return _run(args.url, args.timeout, as_json=args.json)
+    finally:
+        logging.getLogger("portside").removeHandler(quiet)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="portside", description="portside: SQL databases for ASGI apps."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = commands.add_parser(
+        "check",
+        help="connect to the configured databases and report how they are set up",
+        description=(
+            "Connect to the database configured by the DATABASE_* environment variables "
+            "(or a .env file), or to --url, and print its masked URLs, drivers, server "
+            "version, latency, pool settings and SQLite pragmas. Exit status: 0 when "
+            "every database answers, 1 when one does not, 2 for a usage or "
+            "configuration error."
+        ),
+    )
+    check.add_argument(
+        "--url",
+        help="check this SQLAlchemy URL (sync or async) instead of DATABASE_URL/DATABASE_ASYNC_URL",
+    )
+    check.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=_DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up on a database after this long (default: {_DEFAULT_TIMEOUT:g})",
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON document")
+    return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _run(url: str | None, timeout: float, *, as_json: bool) -> int:
+    try:
+        settings = _settings(url, timeout)
+    except (ConfigurationError, ValidationError) as exc:
+        reason = _config_reason(exc)
+        if as_json:
+            print(json.dumps({"ok": False, "error": reason, "databases": {}}, indent=2))
+        print(f"portside check: {reason}", file=sys.stderr)
+        return EXIT_USAGE
+
+    reports = {_NAME: anyio.run(_check, _NAME, settings)}
+    ok = all(report["ok"] for report in reports.values())
+    if as_json:
+        errors = [report["error"] for report in reports.values() if report["error"]]
+        document = {"ok": ok, "error": "; ".join(errors) or None, "databases": reports}
+        print(json.dumps(document, indent=2))
+    else:
+        for name, report in reports.items():
+            _print_text(name, report)
+    for report in reports.values():
+        if report["error"]:
+            print(f"portside check: {report['error']}", file=sys.stderr)
+    return EXIT_OK if ok else EXIT_DOWN
+
+
+def _settings(url: str | None, timeout: float) -> DatabaseSettings:
+    """The settings to check: from the environment, or ``url`` with the rest from it."""
+    if url is None:
+        settings = DatabaseSettings()
+    else:
+        # Parsed here first so that a malformed URL's error names --url, not DATABASE_URL.
+        is_async = parse_url(url, setting="--url").get_dialect().is_async
+        # The other URL is set to None explicitly so an unrelated DATABASE_ASYNC_URL
+        # (or DATABASE_URL) in the environment cannot pair with --url.
+        key, other = ("async_url", "url") if is_async else ("url", "async_url")
+        settings = DatabaseSettings(**{key: url, other: None})
+    return settings.model_copy(
+        update={
+            "startup_timeout": timeout,
+            "connect_timeout": min(settings.connect_timeout, timeout),
+        }
+    )
+
+
+def _config_reason(exc: ConfigurationError | ValidationError) -> str:
+    if isinstance(exc, ConfigurationError):
+        return _one_line(str(exc))
+    # hide_input_in_errors keeps the offending values (maybe a password) out of these.
+    problems = [
+        f"DATABASE_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+        for error in exc.errors()
+    ]
+    return "invalid settings: " + "; ".join(problems)
+
+
+async def _check(name: str, settings: DatabaseSettings) -> dict[str, Any]:
+    """Start a lifecycle for one database and describe it; failures become ``error``."""
+    kinds = [kind for kind in ("sync", "async") if settings.engines in (kind, "both")]
+    urls = {"sync": settings.sync_url_object, "async": settings.async_url_object}
+    masked = {"sync": settings.masked_url, "async": settings.masked_async_url}
+    report: dict[str, Any] = {
+        "ok": False,
+        "error": None,
+        "backend": settings.sync_url_object.get_backend_name(),
+        "urls": {kind: masked[kind] for kind in kinds},
+        "drivers": {kind: driver_name(urls[kind]) for kind in kinds},
+        "server_version": None,
+        "latency_ms": None,
+        "pool": None,
+        "pragmas": None,
+    }
+    try:
+        async with Lifecycle({name: settings}) as lifecycle:
+            status = (await lifecycle.ping())[name]
+            if not status.up:
+                report["error"] = f"Database {name!r} ({masked[kinds[-1]]}) did not answer: "
+                report["error"] += str(status.error)
+            else:
+                assert status.latency is not None
+                report["latency_ms"] = round(status.latency * 1000, 3)
+                report |= await _inspect(lifecycle, name, report["backend"])
+    except PortsideError as exc:  # StartupError and friends: already say which database
+        # The startup timeout came from --timeout here, not from the environment.
+        report["error"] = str(exc).replace("(DATABASE_STARTUP_TIMEOUT)", "(--timeout)")
+    except Exception as exc:  # every other failure is reported as one line too
+        detail = f"{type(exc).__name__}: {exc}"
+        report["error"] = f"Database {name!r} ({masked[kinds[-1]]}): {detail}"
+    if report["error"]:
+        report["error"] = _one_line(redact(report["error"], urls["sync"], urls["async"]))
+    report["ok"] = report["error"] is None
+    return report
+
+
+async def _inspect(lifecycle: Lifecycle, name: str, backend: str) -> dict[str, Any]:
+    """Server version, pragmas and effective pool settings of a running database."""
+    database = lifecycle.database(name)
+    probe = partial(_probe, backend=backend)
+    if database.async_ is not None:
+        adapter_options = database.async_.engine_options()
+        async with database.async_.engine.connect() as connection:
+            facts = await connection.run_sync(probe)
+    else:
+        sync = database.require_sync()
+        adapter_options = sync.engine_options()
+
+        def probe_sync() -> dict[str, Any]:
+            with sync.engine.connect() as connection:
+                return probe(connection)
+
+        facts = await anyio.to_thread.run_sync(probe_sync)
+    # The adapter's own engine options, not the raw settings: SQLite, for one,
+    # turns pre-ping off whatever the settings say.
+    facts["pool"] = {
+        "size": adapter_options.get("pool_size"),
+        "max_overflow": adapter_options.get("max_overflow"),
+        "timeout": adapter_options.get("pool_timeout"),
+        "recycle": adapter_options.get("pool_recycle"),
+        "pre_ping": adapter_options.get("pool_pre_ping"),
+    }
+    return facts
+
+
+def _probe(connection: Connection, *, backend: str) -> dict[str, Any]:
+    def scalar(sql: str) -> Any:
+        return connection.exec_driver_sql(sql).scalar()
+
+    query = _VERSION_QUERIES.get(backend)
+    facts: dict[str, Any] = {"server_version": str(scalar(query)) if query else None}
+    if backend == "sqlite":
+        pragmas = {pragma: scalar(f"PRAGMA {pragma}") for pragma in _SQLITE_PRAGMAS}
+        pragmas["foreign_keys"] = bool(pragmas["foreign_keys"])
+        pragmas["synchronous"] = _SQLITE_SYNCHRONOUS.get(
+            pragmas["synchronous"], pragmas["synchronous"]
+        )
+        facts["pragmas"] = pragmas
+    return facts
+
+
+def _print_text(name: str, report: dict[str, Any]) -> None:
+    lines = [f"database {name!r}: {'ok' if report['ok'] else 'FAILED'}"]
+    for kind, url in report["urls"].items():
+        lines.append(f"  {kind + ' url:':<11} {url} (driver {report['drivers'][kind]})")
+    if report["ok"]:
+        pool = report["pool"]
+        recycle = "off" if pool["recycle"] == -1 else f"{pool['recycle']:g}s"
+        lines += [
+            f"  server:     {report['backend']} {report['server_version']}",
+            f"  latency:    {report['latency_ms']:.1f} ms",
+            f"  pool:       size={pool['size']} max_overflow={pool['max_overflow']} "
+            f"timeout={pool['timeout']:g}s recycle={recycle} "
+            f"pre_ping={_on_off(pool['pre_ping'])}",
+        ]
+        if report["pragmas"] is not None:
+            pragmas = " ".join(
+                f"{key}={_on_off(value) if isinstance(value, bool) else value}"
+                for key, value in report["pragmas"].items()
+            )
+            lines.append(f"  pragmas:    {pragmas}")
+    else:
+        lines.append(f"  error:      {report['error']}")
+    print("\n".join(lines))
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: drivers' messages may span several."""
+    return " ".join(text.split())
