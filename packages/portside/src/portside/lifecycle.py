@@ -31,6 +31,7 @@ from portside.errors import (
 )
 from portside.event_loop import running_asyncio
 from portside.health import DatabaseStatus
+from portside.outer_transaction import OuterTransaction, active_outer_transaction
 from portside.sessions import AsyncSession, Session
 from portside.settings import DatabaseSettings
 from portside.unit_of_work import UnitOfWork
@@ -144,6 +145,8 @@ class Lifecycle:
         self._state = _State.NEW
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
+        #: The outer transaction (tests) this lifecycle's units of work join, if any.
+        self.outer_transaction: OuterTransaction | None = None
 
     def __repr__(self) -> str:
         names = ", ".join(f"{name}={db.masked_url}" for name, db in self._databases.items())
@@ -224,6 +227,9 @@ class Lifecycle:
                 await self._dispose_all(log_errors=True)
             self._state = _State.STOPPED
             raise
+        self.outer_transaction = active_outer_transaction()
+        if self.outer_transaction is not None:
+            self.outer_transaction.lifecycles.append(self)
         self._state = _State.RUNNING
 
     async def _start(self, database: _Database) -> None:
@@ -392,7 +398,8 @@ class Lifecycle:
             self._state = _State.STOPPING
         with anyio.CancelScope(shield=True):
             await self._drain()
-            errors = await self._dispose_all(log_errors=False)
+            errors = await self._release_outer_transaction()
+            errors += await self._dispose_all(log_errors=False)
         self._state = _State.STOPPED
         if errors:
             detail = "; ".join(errors)
@@ -413,6 +420,24 @@ class Lifecycle:
                 self._in_flight,
                 timeout,
             )
+
+    async def _release_outer_transaction(self) -> list[str]:
+        """Roll back what this lifecycle's units of work did inside a test's transaction."""
+        outer, errors = self.outer_transaction, list[str]()
+        if outer is None:
+            return errors
+        for database in self._databases.values():
+            try:
+                if database.async_ is not None:
+                    await outer.release_async(database.async_.engine)
+                if database.sync is not None:
+                    await outer.release_sync(database.sync.engine)
+            except Exception as exc:
+                errors.append(
+                    f"database {database.name!r}: rolling back the outer transaction "
+                    f"failed: {database.redact(_one_line(exc))}"
+                )
+        return errors
 
     async def _dispose_all(self, *, log_errors: bool) -> list[str]:
         """Dispose every built engine, collecting (not stopping at) failures."""

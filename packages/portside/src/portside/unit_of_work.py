@@ -102,13 +102,14 @@ class UnitOfWork:
             )
         return self._lifecycle.database(name)
 
-    def _admit(self, adapter: SyncAdapter | AsyncAdapter) -> SerialGate | None:
-        """Count this unit as in flight; return the gate it still has to pass, if any."""
+    def _admit(self, adapter: SyncAdapter | AsyncAdapter) -> list[SerialGate]:
+        """Count this unit as in flight; return the gates it still has to pass."""
         if not self._counted:
             self._lifecycle._unit_started()
             self._counted = True
-        gate = adapter.gate
-        return gate if gate is not None and gate not in self._gates else None
+        outer = self._lifecycle.outer_transaction
+        gates = (adapter.gate, outer.gate if outer is not None else None)
+        return [gate for gate in gates if gate is not None and gate not in self._gates]
 
     async def async_session(self, name: str | None = None) -> AsyncSession:
         """The unit's async session for database ``name`` (default: the first one)."""
@@ -116,10 +117,15 @@ class UnitOfWork:
         session = self._async.get(database.name)
         if session is None:
             adapter = database.require_async()
-            if gate := self._admit(adapter):
+            for gate in self._admit(adapter):
                 await gate.acquire()
                 self._gates.append(gate)
-            session = self._async[database.name] = adapter.new_session(writes=self.writes)
+            outer = self._lifecycle.outer_transaction
+            session = adapter.new_session(
+                writes=self.writes,
+                outer=await outer.async_connection(adapter.engine) if outer else None,
+            )
+            self._async[database.name] = session
         return session
 
     async def session(self, name: str | None = None) -> Session:
@@ -131,10 +137,15 @@ class UnitOfWork:
         session = self._sync.get(database.name)
         if session is None:
             adapter = database.require_sync()
-            if gate := self._admit(adapter):
+            for gate in self._admit(adapter):
                 await gate.acquire()
                 self._gates.append(gate)
-            session = self._sync[database.name] = adapter.new_session(writes=self.writes)
+            outer = self._lifecycle.outer_transaction
+            session = adapter.new_session(
+                writes=self.writes,
+                outer=await outer.sync_connection(adapter.engine) if outer else None,
+            )
+            self._sync[database.name] = session
         return session
 
     def session_blocking(self, name: str | None = None) -> Session:
@@ -149,10 +160,15 @@ class UnitOfWork:
         session = self._sync.get(database.name)
         if session is None:
             adapter = database.require_sync()
-            if gate := self._admit(adapter):
+            for gate in self._admit(adapter):
                 gate.acquire_blocking()
                 self._gates.append(gate)
-            session = self._sync[database.name] = adapter.new_session(writes=self.writes)
+            outer = self._lifecycle.outer_transaction
+            session = adapter.new_session(
+                writes=self.writes,
+                outer=outer.sync_connection_blocking(adapter.engine) if outer else None,
+            )
+            self._sync[database.name] = session
         return session
 
     async def finish(self, *, commit: bool) -> None:

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import QueuePool
 
@@ -101,8 +106,14 @@ class SyncAdapter(_Adapter):
     def configure(self, engine: Engine) -> None:
         """Install backend event listeners on a new engine (none by default)."""
 
-    def new_session(self, *, writes: bool = True) -> Session:
-        """Return a new session; ``writes`` hints whether it may write (see SQLite)."""
+    def new_session(self, *, writes: bool = True, outer: Connection | None = None) -> Session:
+        """Return a new session; ``writes`` hints whether it may write (see SQLite).
+
+        With ``outer``, the session joins that connection's transaction through
+        SAVEPOINTs (see :mod:`portside.outer_transaction`).
+        """
+        if outer is not None:
+            return self._sessionmaker(bind=outer, join_transaction_mode="create_savepoint")
         return self._sessionmaker()
 
     @contextmanager
@@ -158,8 +169,16 @@ class AsyncAdapter(_Adapter):
     def configure(self, engine: Engine) -> None:
         """Install backend event listeners on the new engine's sync core (none by default)."""
 
-    def new_session(self, *, writes: bool = True) -> AsyncSession:
-        """Return a new session; ``writes`` hints whether it may write (see SQLite)."""
+    def new_session(
+        self, *, writes: bool = True, outer: AsyncConnection | None = None
+    ) -> AsyncSession:
+        """Return a new session; ``writes`` hints whether it may write (see SQLite).
+
+        With ``outer``, the session joins that connection's transaction through
+        SAVEPOINTs (see :mod:`portside.outer_transaction`).
+        """
+        if outer is not None:
+            return self._sessionmaker(bind=outer, join_transaction_mode="create_savepoint")
         return self._sessionmaker()
 
     @asynccontextmanager

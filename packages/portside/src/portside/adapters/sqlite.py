@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
@@ -141,8 +142,10 @@ class SQLiteAdapter(SyncAdapter):
         """Install the pragmas and portside-driven BEGIN."""
         _install_defaults(engine, self.settings, memory=self._memory is not None)
 
-    def new_session(self, *, writes: bool = True) -> Session:
+    def new_session(self, *, writes: bool = True, outer: Connection | None = None) -> Session:
         """A session whose transactions begin IMMEDIATE when it may write."""
+        if outer is not None:
+            return super().new_session(writes=writes, outer=outer)
         return (self._writer_sessionmaker if writes else self._sessionmaker)()
 
     def verify_connection(self, connection: Connection) -> None:
@@ -189,8 +192,12 @@ class AsyncSQLiteAdapter(AsyncAdapter):
         """Install the pragmas and portside-driven BEGIN."""
         _install_defaults(engine, self.settings, memory=self._memory is not None)
 
-    def new_session(self, *, writes: bool = True) -> AsyncSession:
+    def new_session(
+        self, *, writes: bool = True, outer: AsyncConnection | None = None
+    ) -> AsyncSession:
         """A session whose transactions begin IMMEDIATE when it may write."""
+        if outer is not None:
+            return super().new_session(writes=writes, outer=outer)
         return (self._writer_sessionmaker if writes else self._sessionmaker)()
 
     def verify_connection(self, connection: Connection) -> None:
