@@ -166,3 +166,43 @@ async def test_startup_fails_loudly_when_sqlite_refuses_wal(tmp_path: Path) -> N
     with pytest.raises(StartupError, match="readonly database"):
         async with Lifecycle(DatabaseSettings(url=url, startup_timeout=1)):
             pass
+
+
+async def test_a_commit_refused_by_a_deferred_constraint_leaves_a_clean_pool(
+    tmp_path: Path,
+) -> None:
+    from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table
+
+    from portside import DatabaseSettings
+
+    schema = MetaData()
+    parents = Table("parents", schema, Column("id", Integer, primary_key=True))
+    children = Table(
+        "children",
+        schema,
+        Column("id", Integer, primary_key=True),
+        Column(
+            "parent_id",
+            ForeignKey("parents.id", deferrable=True, initially="DEFERRED"),
+            nullable=False,
+        ),
+    )
+    settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'fk.db'}", pool_size=1, max_overflow=0)
+    async with Lifecycle(settings) as lifecycle:
+        async with lifecycle.database().require_async().engine.begin() as connection:
+            await connection.run_sync(schema.create_all)
+        for _ in range(2):  # the second round reuses the connection the first one failed on
+            with pytest.raises(Exception, match="FOREIGN KEY constraint failed"):
+                async with lifecycle.async_session() as session:
+                    await session.exec(insert(children).values(parent_id=404))
+
+            def sync_round() -> None:
+                with pytest.raises(Exception, match="FOREIGN KEY"), lifecycle.session() as s:
+                    s.exec(insert(children).values(parent_id=404))
+
+            await anyio.to_thread.run_sync(sync_round)
+        async with lifecycle.async_session() as session:
+            await session.exec(insert(parents).values(id=1))
+            await session.exec(insert(children).values(parent_id=1))
+        async with lifecycle.async_session() as session:
+            assert (await session.exec(select(func.count()).select_from(children))).scalar() == 1

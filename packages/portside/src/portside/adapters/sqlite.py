@@ -54,6 +54,15 @@ def _install_defaults(engine: Engine, settings: DatabaseSettings, *, memory: boo
         finally:
             cursor.close()
 
+    @event.listens_for(engine, "reset")
+    def _on_reset(dbapi_connection: Any, _record: Any, _state: Any) -> None:
+        # A COMMIT that SQLite refuses (a deferred constraint) leaves the transaction
+        # open, and SQLAlchemy then skips its rollback-on-return: end it here, or the
+        # next unit of work finds "cannot start a transaction within a transaction".
+        raw = getattr(dbapi_connection, "_connection", dbapi_connection)  # aiosqlite's
+        if raw.in_transaction:
+            dbapi_connection.rollback()
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         connection.exec_driver_sql(connection.get_execution_options().get(_BEGIN_OPTION, "BEGIN"))
