@@ -360,3 +360,13 @@ async def test_refused_authentication_fails_at_once(postgresql_url: str) -> None
         # retrying cannot fix authentication; the 60 s budget must not be spent on it
         async with Lifecycle(settings):
             pass
+
+
+async def test_ping_reports_down_while_not_running(make_settings: SettingsFactory) -> None:
+    lifecycle = Lifecycle(make_settings())
+    assert not (await lifecycle.ping())["default"].up
+    async with lifecycle:
+        assert (await lifecycle.ping())["default"].up
+    status = (await lifecycle.ping())["default"]
+    assert not status.up
+    assert status.error == "shut down"

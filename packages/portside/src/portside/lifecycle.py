@@ -351,9 +351,17 @@ class Lifecycle:
     # -- health --------------------------------------------------------------------
 
     async def ping(self) -> dict[str, DatabaseStatus]:
-        """Ping every database (bounded by its connect timeout) and read its pools."""
+        """Ping every database (bounded by its connect timeout) and read its pools.
+
+        While the lifecycle is not running (starting, draining, shut down) every
+        database reports down, so a readiness route answers 503 and load balancers
+        stop sending traffic during a graceful shutdown.
+        """
         if self._state is not _State.RUNNING:
-            raise self._state_error()
+            return {
+                name: DatabaseStatus(name=name, up=False, latency=None, error=self._state.value)
+                for name in self._databases
+            }
         return {name: await self._ping(db) for name, db in self._databases.items()}
 
     async def _ping(self, database: _Database) -> DatabaseStatus:
