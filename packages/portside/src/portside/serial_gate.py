@@ -1,10 +1,10 @@
 """A gate that lets one unit of work at a time use a database.
 
-In-memory SQLite is one database shared by every connection of an app (sync and
-async), but SQLite's shared-cache locks fail at once instead of waiting, and a
-single shared connection would mix two requests' transactions. Letting one unit of
-work in at a time is the simple, correct answer for a database that only tests and
-demos use.
+SQLite has one writer at a time: writers wait here, where waiting is cancellable,
+rather than inside the driver. In-memory SQLite is one database shared by every
+connection of an app (sync and async), but its shared-cache locks fail at once
+instead of waiting, so there every unit of work takes turns. And the units of work
+of a test that share one outer transaction's connection take turns too.
 """
 
 from __future__ import annotations

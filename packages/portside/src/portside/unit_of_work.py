@@ -14,11 +14,13 @@ commit, so a failure at the second commit cannot undo the first.
 from __future__ import annotations
 
 import logging
+import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 import anyio
 import anyio.to_thread
+from sqlalchemy.exc import IllegalStateChangeError
 
 from portside.errors import LifecycleStateError
 from portside.event_loop import on_event_loop_thread
@@ -31,17 +33,35 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("portside")
 
+_BUSY_SESSION_POLL_INTERVAL = 0.01
 
-def _close_sync(session: Session) -> None:
-    """Close ``session`` (its transaction rolls back); invalidate if that fails."""
-    try:
-        session.close()
-    except Exception:
-        logger.warning("closing a session failed; invalidating its connection", exc_info=True)
+
+def _close_sync(session: Session, limit: float) -> None:
+    """Close ``session`` (its transaction rolls back); invalidate if that fails.
+
+    A framework that abandons a cancelled request's worker thread (Litestar runs
+    sync handlers with ``run_in_executor``) may still be inside the session when
+    we get here; SQLAlchemy then refuses with ``IllegalStateChangeError``, so wait
+    for that thread, up to ``limit`` seconds, instead of racing it.
+    """
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            session.close()
+        except IllegalStateChangeError:
+            if time.monotonic() < deadline:
+                time.sleep(_BUSY_SESSION_POLL_INTERVAL)
+                continue
+            logger.warning("a session stayed busy in another thread; invalidating it")
+        except Exception:
+            logger.warning("closing a session failed; invalidating its connection", exc_info=True)
+        else:
+            return
         try:
             session.invalidate()
         except Exception:
             logger.exception("invalidating a session's connection failed")
+        return
 
 
 async def _close_async(session: AsyncSession, limit: float) -> None:
@@ -108,7 +128,7 @@ class UnitOfWork:
             self._lifecycle._unit_started()
             self._counted = True
         outer = self._lifecycle.outer_transaction
-        gates = (adapter.gate, outer.gate if outer is not None else None)
+        gates = (adapter.gate_for(writes=self.writes), outer.gate if outer else None)
         return [gate for gate in gates if gate is not None and gate not in self._gates]
 
     async def async_session(self, name: str | None = None) -> AsyncSession:
@@ -198,9 +218,10 @@ class UnitOfWork:
                 await _close_async(async_session, timeout)
             for sync_session in self._sync.values():
                 sync_session.mark_ended()
-                with anyio.move_on_after(timeout) as scope:
+                # _close_sync bounds itself; this outer bound is for a hung driver.
+                with anyio.move_on_after(2 * timeout) as scope:
                     await anyio.to_thread.run_sync(
-                        _close_sync, sync_session, abandon_on_cancel=True
+                        _close_sync, sync_session, timeout, abandon_on_cancel=True
                     )
                 if scope.cancelled_caught:
                     logger.error(
@@ -228,7 +249,7 @@ class UnitOfWork:
             try:
                 for sync_session in self._sync.values():
                     sync_session.mark_ended()
-                    _close_sync(sync_session)
+                    _close_sync(sync_session, self._lifecycle.cleanup_timeout)
             finally:
                 self._release()
 

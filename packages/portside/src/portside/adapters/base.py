@@ -52,8 +52,12 @@ def pool_status(engine: Engine) -> PoolStatus:
 class _Adapter:
     """State and behaviour shared by the sync and async adapters."""
 
-    #: Set for backends whose units of work must run one at a time (in-memory SQLite).
+    #: Set for backends whose units of work must take turns (SQLite; see ``gate_for``).
     gate: SerialGate | None = None
+
+    def gate_for(self, *, writes: bool) -> SerialGate | None:
+        """The gate a unit of work passes before using this database, if any."""
+        return self.gate
 
     def __init__(self, settings: DatabaseSettings, url: URL) -> None:
         self.settings = settings

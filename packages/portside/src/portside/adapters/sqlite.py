@@ -9,9 +9,17 @@ locked"); taking the write lock at ``BEGIN`` makes writers queue on the busy
 timeout instead, while readers stay concurrent under WAL. Driving ``BEGIN``
 ourselves is also SQLAlchemy's documented fix for SAVEPOINT on pysqlite/aiosqlite.
 
+Units of work that may write also take turns inside the process, before their
+``BEGIN IMMEDIATE``: SQLite allows one writer at a time anyway, and waiting in a
+cancellable gate instead of in the driver's busy handler means a cancelled request
+never leaves aiosqlite's thread blocked (an aiosqlite connection cancelled there is
+force-stopped and leaks its close task). Other processes still queue on the busy
+timeout.
+
 In-memory databases become one named shared-cache database per adapter pair, so
 the sync and async engines of an app see the same data, kept alive by one extra
-connection and entered by one unit of work at a time (see ``serial_gate``).
+connection and entered by one unit of work at a time, readers included (shared-cache
+locks fail at once instead of waiting).
 """
 
 from __future__ import annotations
@@ -139,6 +147,10 @@ class SQLiteAdapter(SyncAdapter):
         writer = self.engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
         self._writer_sessionmaker = self.sessionmaker_for(writer)
 
+    def gate_for(self, *, writes: bool) -> SerialGate | None:
+        """In memory: every unit of work takes turns; in a file: only writers do."""
+        return self.gate if writes or self._memory is not None else None
+
     def engine_options(self) -> dict[str, Any]:
         """Queue pool for files and shared memory alike; connections may change threads."""
         options = super().engine_options() | self.pooling_options()
@@ -190,6 +202,10 @@ class AsyncSQLiteAdapter(AsyncAdapter):
         writer = self.engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
         self._writer_sessionmaker = self.sessionmaker_for(writer)
 
+    def gate_for(self, *, writes: bool) -> SerialGate | None:
+        """In memory: every unit of work takes turns; in a file: only writers do."""
+        return self.gate if writes or self._memory is not None else None
+
     def engine_options(self) -> dict[str, Any]:
         """Queue pool for files and shared memory alike."""
         options = super().engine_options() | self.pooling_options()
@@ -225,10 +241,10 @@ class AsyncSQLiteAdapter(AsyncAdapter):
 def build_sqlite(
     settings: DatabaseSettings, sync_url: URL | None, async_url: URL | None
 ) -> tuple[SQLiteAdapter | None, AsyncSQLiteAdapter | None]:
-    """Build the requested SQLite adapters; in-memory ones share one database and gate."""
+    """Build the requested SQLite adapters, sharing one gate (and in-memory database)."""
     memory = is_sqlite_memory(sync_url or async_url)  # type: ignore[arg-type]
     shared = _SharedMemory() if memory else None
-    gate = SerialGate(settings.pool_timeout) if memory else None
+    gate = SerialGate(settings.pool_timeout)
     sync_adapter: SQLiteAdapter | None = None
     try:
         if sync_url is not None:
