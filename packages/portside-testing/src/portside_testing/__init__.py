@@ -1,0 +1,1 @@
+"""Pytest plugin and conformance suite for portside."""

@@ -1,0 +1,72 @@
+"""The harness: what an integration provides so the conformance suite can test it.
+
+A harness builds an ASGI app, in its framework's idiomatic style, that exposes the
+scenario endpoints below using the integration under test. The suite runs the
+app's lifespan itself, drives requests through ASGI, and asserts the same outcomes
+for every framework, database and session mode.
+
+Endpoints (``mode`` decides whether handlers use async or sync sessions; sync
+handlers are the framework's sync handlers, run in worker threads). ``Item`` and
+``Child`` are :mod:`portside_testing.conformance.models`.
+
+==========================================  ============================================
+``POST /items`` ``{"name": str}``           add an Item; 201 ``{"id": int, "name": str}``
+``GET /items/{id}``                         200 ``{"id", "name"}``; 404 if absent
+``GET /items``                              200 ``{"names": [str, ...]}`` (sorted)
+``POST /items/raise`` ``{"name"}``          add an Item, flush, then raise ``RuntimeError``
+``POST /items/http-error`` ``{"name"}``     add, flush, raise the framework's HTTP 409
+``POST /items/return-error`` ``{"name"}``   add, flush, *return* a 422 JSON response
+``POST /items/redirect`` ``{"name"}``       add an Item; return a 303 to ``/items``
+``POST /items/deferred`` ``{"name"}``       add a Child whose parent does not exist
+                                            (the FK is DEFERRABLE INITIALLY DEFERRED,
+                                            so only COMMIT fails); return 201
+``POST /items/slow`` ``{"name", "seconds"}``  add, flush, sleep ``seconds``, return 201
+``GET /untouched``                          200 ``{"ok": true}``; never asks for a session
+``GET /same-session``                       asks for the session twice in one request
+                                            (two parameters/dependencies) and returns
+                                            ``{"same": bool}`` (identity)
+``POST /items/background`` ``{"name"}``     add an Item, return 201, and schedule the
+                                            framework's background task that uses the
+                                            *request's* session after the response;
+                                            it records the exception type name it got
+                                            (or ``"none"``) in ``Harness.background_results``
+``GET /health``                             the integration's ready-made readiness route
+``GET /analytics/count``                    200 ``{"count": int}`` counting Items in the
+                                            second database named ``"analytics"`` (only
+                                            when the app was built with two databases)
+==========================================  ============================================
+
+Handlers never commit or roll back themselves: that is the integration's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol
+
+from portside import DatabaseSettings, Lifecycle
+
+Mode = Literal["async", "sync"]
+ASGIApp = Any
+
+
+class Harness(Protocol):
+    """One framework integration, as the conformance suite sees it."""
+
+    #: Short name shown in test ids, e.g. ``"fastapi"``.
+    name: str
+
+    #: Filled by the background-task endpoint: exception type names, in order.
+    #: The suite clears it (in place) before each scenario, so apps may keep a
+    #: reference to this very list.
+    background_results: list[str]
+
+    def build_app(
+        self, databases: DatabaseSettings | Mapping[str, DatabaseSettings], mode: Mode
+    ) -> ASGIApp:
+        """A new app (new state) exposing the endpoints above with ``mode`` sessions."""
+        ...
+
+    def lifecycle(self, app: ASGIApp, state: Mapping[str, Any]) -> Lifecycle:
+        """The running app's lifecycle; ``state`` is the lifespan state the suite passed."""
+        ...

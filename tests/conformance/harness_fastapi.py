@@ -1,0 +1,302 @@
+"""The conformance harness for portside-fastapi, written as a FastAPI app would be.
+
+Async endpoints take :data:`~portside_fastapi.AsyncSessionDep`; sync (``def``)
+endpoints take :data:`~portside_fastapi.SessionDep` and run in FastAPI's worker
+threads. No endpoint commits: ``UnitOfWorkMiddleware`` commits before the response
+starts, or rolls back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import BaseModel
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
+from portside.asgi import LIFECYCLE_STATE_KEY
+from portside_fastapi import (
+    AsyncSessionDep,
+    SessionDep,
+    UnitOfWorkMiddleware,
+    async_session_dependency,
+    lifespan,
+    readiness,
+    session_dependency,
+)
+from portside_testing.conformance import ConformanceSuite
+from portside_testing.conformance.harness import Mode
+from portside_testing.conformance.models import Child, Item
+
+MISSING_PARENT = 999_999
+
+AnalyticsSessionDep = Annotated[AsyncSession, Depends(async_session_dependency("analytics"))]
+SyncAnalyticsSessionDep = Annotated[Session, Depends(session_dependency("analytics"))]
+# use_cache=False makes FastAPI resolve this twice: the unit of work, not FastAPI's
+# dependency cache, is what hands both parameters the same session.
+UncachedSessionDep = Annotated[AsyncSession, Depends(async_session_dependency(), use_cache=False)]
+UncachedSyncSessionDep = Annotated[Session, Depends(session_dependency(), use_cache=False)]
+
+
+class NameIn(BaseModel):
+    name: str
+
+
+class SlowIn(BaseModel):
+    name: str
+    seconds: float
+
+
+common = APIRouter()
+
+
+@common.get("/untouched")
+async def untouched() -> dict[str, bool]:
+    return {"ok": True}
+
+
+common.add_api_route("/health", readiness)
+
+
+def background_results(request: Request) -> list[str]:
+    """Where background tasks report what using the request's session raised."""
+    results: list[str] = request.app.state.background_results
+    return results
+
+
+BackgroundResults = Annotated[list[str], Depends(background_results)]
+
+
+# -- async endpoints -----------------------------------------------------------------
+
+async_api = APIRouter()
+
+
+async def add_item(session: AsyncSession, name: str) -> Item:
+    item = Item(name=name)
+    session.add(item)
+    await session.flush()
+    return item
+
+
+@async_api.post("/items", status_code=201)
+async def create_item(data: NameIn, session: AsyncSessionDep) -> Item:
+    return await add_item(session, data.name)
+
+
+@async_api.get("/items/{item_id}")
+async def read_item(item_id: int, session: AsyncSessionDep) -> Item:
+    item = await session.get(Item, item_id)
+    if item is None:
+        raise HTTPException(status_code=404, detail=f"no item {item_id}")
+    return item
+
+
+@async_api.get("/items")
+async def list_items(session: AsyncSessionDep) -> dict[str, list[str]]:
+    names = await session.exec(select(Item.name).order_by(col(Item.name)))
+    return {"names": list(names)}
+
+
+@async_api.post("/items/raise")
+async def create_then_raise(data: NameIn, session: AsyncSessionDep) -> None:
+    await add_item(session, data.name)
+    raise RuntimeError("the handler failed after writing")
+
+
+@async_api.post("/items/http-error")
+async def create_then_conflict(data: NameIn, session: AsyncSessionDep) -> None:
+    await add_item(session, data.name)
+    raise HTTPException(status_code=409, detail="conflict")
+
+
+@async_api.post("/items/return-error")
+async def create_then_return_422(data: NameIn, session: AsyncSessionDep) -> JSONResponse:
+    await add_item(session, data.name)
+    return JSONResponse({"detail": "rejected"}, status_code=422)
+
+
+@async_api.post("/items/redirect")
+async def create_then_redirect(data: NameIn, session: AsyncSessionDep) -> RedirectResponse:
+    await add_item(session, data.name)
+    return RedirectResponse("/items", status_code=303)
+
+
+@async_api.post("/items/deferred", status_code=201)
+async def create_orphan(data: NameIn, session: AsyncSessionDep) -> NameIn:
+    session.add(Child(parent_id=MISSING_PARENT))
+    await session.flush()  # accepted: the foreign key is only checked at COMMIT
+    return data
+
+
+@async_api.post("/items/slow", status_code=201)
+async def create_slowly(data: SlowIn, session: AsyncSessionDep) -> Item:
+    item = await add_item(session, data.name)
+    await anyio.sleep(data.seconds)
+    return item
+
+
+@async_api.get("/same-session")
+async def same_session(session: AsyncSessionDep, other: UncachedSessionDep) -> dict[str, bool]:
+    return {"same": session is other}
+
+
+async def use_ended_session(session: AsyncSession, results: list[str]) -> None:
+    try:
+        await session.exec(select(Item))
+    except Exception as exc:
+        results.append(type(exc).__name__)
+    else:
+        results.append("none")
+
+
+@async_api.post("/items/background", status_code=201)
+async def create_then_background(
+    data: NameIn, session: AsyncSessionDep, tasks: BackgroundTasks, results: BackgroundResults
+) -> Item:
+    item = await add_item(session, data.name)
+    tasks.add_task(use_ended_session, session, results)
+    return item
+
+
+async_analytics = APIRouter()
+
+
+@async_analytics.get("/analytics/count")
+async def count_analytics(session: AnalyticsSessionDep) -> dict[str, int]:
+    return {"count": (await session.exec(select(func.count()).select_from(Item))).one()}
+
+
+# -- sync endpoints: the same, as `def` endpoints run in worker threads ---------------
+
+sync_api = APIRouter()
+
+
+def add_item_sync(session: Session, name: str) -> Item:
+    item = Item(name=name)
+    session.add(item)
+    session.flush()
+    return item
+
+
+@sync_api.post("/items", status_code=201)
+def create_item_sync(data: NameIn, session: SessionDep) -> Item:
+    return add_item_sync(session, data.name)
+
+
+@sync_api.get("/items/{item_id}")
+def read_item_sync(item_id: int, session: SessionDep) -> Item:
+    item = session.get(Item, item_id)
+    if item is None:
+        raise HTTPException(status_code=404, detail=f"no item {item_id}")
+    return item
+
+
+@sync_api.get("/items")
+def list_items_sync(session: SessionDep) -> dict[str, list[str]]:
+    return {"names": list(session.exec(select(Item.name).order_by(col(Item.name))))}
+
+
+@sync_api.post("/items/raise")
+def create_then_raise_sync(data: NameIn, session: SessionDep) -> None:
+    add_item_sync(session, data.name)
+    raise RuntimeError("the handler failed after writing")
+
+
+@sync_api.post("/items/http-error")
+def create_then_conflict_sync(data: NameIn, session: SessionDep) -> None:
+    add_item_sync(session, data.name)
+    raise HTTPException(status_code=409, detail="conflict")
+
+
+@sync_api.post("/items/return-error")
+def create_then_return_422_sync(data: NameIn, session: SessionDep) -> JSONResponse:
+    add_item_sync(session, data.name)
+    return JSONResponse({"detail": "rejected"}, status_code=422)
+
+
+@sync_api.post("/items/redirect")
+def create_then_redirect_sync(data: NameIn, session: SessionDep) -> RedirectResponse:
+    add_item_sync(session, data.name)
+    return RedirectResponse("/items", status_code=303)
+
+
+@sync_api.post("/items/deferred", status_code=201)
+def create_orphan_sync(data: NameIn, session: SessionDep) -> NameIn:
+    session.add(Child(parent_id=MISSING_PARENT))
+    session.flush()  # accepted: the foreign key is only checked at COMMIT
+    return data
+
+
+@sync_api.post("/items/slow", status_code=201)
+def create_slowly_sync(data: SlowIn, session: SessionDep) -> Item:
+    item = add_item_sync(session, data.name)
+    time.sleep(data.seconds)
+    return item
+
+
+@sync_api.get("/same-session")
+def same_session_sync(session: SessionDep, other: UncachedSyncSessionDep) -> dict[str, bool]:
+    return {"same": session is other}
+
+
+def use_ended_session_sync(session: Session, results: list[str]) -> None:
+    try:
+        session.exec(select(Item))
+    except Exception as exc:
+        results.append(type(exc).__name__)
+    else:
+        results.append("none")
+
+
+@sync_api.post("/items/background", status_code=201)
+def create_then_background_sync(
+    data: NameIn, session: SessionDep, tasks: BackgroundTasks, results: BackgroundResults
+) -> Item:
+    item = add_item_sync(session, data.name)
+    # A sync background task runs in a worker thread, like the endpoint.
+    tasks.add_task(use_ended_session_sync, session, results)
+    return item
+
+
+sync_analytics = APIRouter()
+
+
+@sync_analytics.get("/analytics/count")
+def count_analytics_sync(session: SyncAnalyticsSessionDep) -> dict[str, int]:
+    return {"count": session.exec(select(func.count()).select_from(Item)).one()}
+
+
+class FastAPIHarness:
+    """Builds a FastAPI app with portside's lifespan, middleware and dependencies."""
+
+    name = "fastapi"
+
+    def __init__(self) -> None:
+        self.background_results: list[str] = []
+
+    def build_app(
+        self, databases: DatabaseSettings | Mapping[str, DatabaseSettings], mode: Mode
+    ) -> FastAPI:
+        app = FastAPI(lifespan=lifespan(databases))
+        app.add_middleware(UnitOfWorkMiddleware)
+        app.state.background_results = self.background_results
+        app.include_router(common)
+        app.include_router(sync_api if mode == "sync" else async_api)
+        if isinstance(databases, Mapping) and "analytics" in databases:
+            app.include_router(sync_analytics if mode == "sync" else async_analytics)
+        return app
+
+    def lifecycle(self, app: FastAPI, state: Mapping[str, Any]) -> Lifecycle:
+        lifecycle: Lifecycle = state[LIFECYCLE_STATE_KEY]
+        return lifecycle
+
+
+class TestFastAPIConformance(ConformanceSuite):
+    harness = FastAPIHarness()

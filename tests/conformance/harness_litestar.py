@@ -1,0 +1,322 @@
+"""The conformance harness for portside-litestar, written as a Litestar app would be.
+
+Handlers ask for ``db_session`` (async) or ``sync_db_session`` (sync handlers, run in
+worker threads with ``sync_to_thread=True``) and never commit: the plugin commits
+before the response starts, or rolls back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import anyio
+from litestar import Litestar, get, post
+from litestar.background_tasks import BackgroundTask
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import Body, FromPath
+from litestar.response import Redirect, Response
+from litestar.types import ControllerRouterHandler
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
+from portside_litestar import (
+    AsyncSessionDep,
+    PortsidePlugin,
+    SessionDep,
+    get_lifecycle,
+    provide_session,
+)
+from portside_testing.conformance import ConformanceSuite
+from portside_testing.conformance.harness import Mode
+from portside_testing.conformance.models import Child, Item
+
+MISSING_PARENT = 999_999
+
+
+@dataclass
+class NameIn:
+    name: str
+
+
+@dataclass
+class SlowIn:
+    name: str
+    seconds: float
+
+
+# Body() marks `data` as the JSON request body (Litestar 3 no longer infers it).
+NameBody = Annotated[NameIn, Body()]
+SlowBody = Annotated[SlowIn, Body()]
+
+
+def as_json(item: Item) -> dict[str, Any]:
+    return {"id": item.id, "name": item.name}
+
+
+@get("/untouched")
+async def untouched() -> dict[str, bool]:
+    return {"ok": True}
+
+
+# -- async handlers ------------------------------------------------------------------
+
+
+async def add_item(session: AsyncSession, name: str) -> Item:
+    item = Item(name=name)
+    session.add(item)
+    await session.flush()
+    return item
+
+
+@post("/items")
+async def create_item(db_session: AsyncSessionDep, data: NameBody) -> dict[str, Any]:
+    return as_json(await add_item(db_session, data.name))
+
+
+@get("/items/{item_id:int}")
+async def read_item(db_session: AsyncSessionDep, item_id: FromPath[int]) -> dict[str, Any]:
+    item = await db_session.get(Item, item_id)
+    if item is None:
+        raise NotFoundException(f"no item {item_id}")
+    return as_json(item)
+
+
+@get("/items")
+async def list_items(db_session: AsyncSessionDep) -> dict[str, list[str]]:
+    names = await db_session.exec(select(Item.name).order_by(col(Item.name)))
+    return {"names": list(names)}
+
+
+@post("/items/raise")
+async def create_then_raise(db_session: AsyncSessionDep, data: NameBody) -> None:
+    await add_item(db_session, data.name)
+    raise RuntimeError("the handler failed after writing")
+
+
+@post("/items/http-error")
+async def create_then_conflict(db_session: AsyncSessionDep, data: NameBody) -> None:
+    await add_item(db_session, data.name)
+    raise HTTPException(status_code=409, detail="conflict")
+
+
+@post("/items/return-error")
+async def create_then_return_422(db_session: AsyncSessionDep, data: NameBody) -> Response[Any]:
+    await add_item(db_session, data.name)
+    return Response({"detail": "rejected"}, status_code=422)
+
+
+@post("/items/redirect")
+async def create_then_redirect(db_session: AsyncSessionDep, data: NameBody) -> Redirect:
+    await add_item(db_session, data.name)
+    return Redirect("/items", status_code=303)
+
+
+@post("/items/deferred")
+async def create_orphan(db_session: AsyncSessionDep, data: NameBody) -> dict[str, str]:
+    db_session.add(Child(parent_id=MISSING_PARENT))
+    await db_session.flush()  # accepted: the foreign key is only checked at COMMIT
+    return {"name": data.name}
+
+
+@post("/items/slow")
+async def create_slowly(db_session: AsyncSessionDep, data: SlowBody) -> dict[str, Any]:
+    item = await add_item(db_session, data.name)
+    await anyio.sleep(data.seconds)
+    return as_json(item)
+
+
+@get("/same-session", dependencies={"other_session": provide_session()})
+async def same_session(
+    db_session: AsyncSessionDep, other_session: AsyncSessionDep
+) -> dict[str, bool]:
+    return {"same": db_session is other_session}
+
+
+async def use_ended_session(session: AsyncSession, results: list[str]) -> None:
+    try:
+        await session.exec(select(Item))
+    except Exception as exc:
+        results.append(type(exc).__name__)
+    else:
+        results.append("none")
+
+
+@post("/items/background")
+async def create_then_background(
+    db_session: AsyncSessionDep, data: NameBody, state: State
+) -> Response[dict[str, Any]]:
+    item = await add_item(db_session, data.name)
+    task = BackgroundTask(use_ended_session, db_session, state.background_results)
+    return Response(as_json(item), status_code=201, background=task)
+
+
+@get("/analytics/count")
+async def count_analytics(analytics_session: AsyncSessionDep) -> dict[str, int]:
+    count = (await analytics_session.exec(select(func.count()).select_from(Item))).one()
+    return {"count": count}
+
+
+ASYNC_HANDLERS: list[ControllerRouterHandler] = [
+    create_item,
+    read_item,
+    list_items,
+    create_then_raise,
+    create_then_conflict,
+    create_then_return_422,
+    create_then_redirect,
+    create_orphan,
+    create_slowly,
+    same_session,
+    create_then_background,
+]
+
+
+# -- sync handlers: the same endpoints, run in worker threads --------------------------
+
+
+def add_item_sync(session: Session, name: str) -> Item:
+    item = Item(name=name)
+    session.add(item)
+    session.flush()
+    return item
+
+
+@post("/items", sync_to_thread=True)
+def create_item_sync(sync_db_session: SessionDep, data: NameBody) -> dict[str, Any]:
+    return as_json(add_item_sync(sync_db_session, data.name))
+
+
+@get("/items/{item_id:int}", sync_to_thread=True)
+def read_item_sync(sync_db_session: SessionDep, item_id: FromPath[int]) -> dict[str, Any]:
+    item = sync_db_session.get(Item, item_id)
+    if item is None:
+        raise NotFoundException(f"no item {item_id}")
+    return as_json(item)
+
+
+@get("/items", sync_to_thread=True)
+def list_items_sync(sync_db_session: SessionDep) -> dict[str, list[str]]:
+    return {"names": list(sync_db_session.exec(select(Item.name).order_by(col(Item.name))))}
+
+
+@post("/items/raise", sync_to_thread=True)
+def create_then_raise_sync(sync_db_session: SessionDep, data: NameBody) -> None:
+    add_item_sync(sync_db_session, data.name)
+    raise RuntimeError("the handler failed after writing")
+
+
+@post("/items/http-error", sync_to_thread=True)
+def create_then_conflict_sync(sync_db_session: SessionDep, data: NameBody) -> None:
+    add_item_sync(sync_db_session, data.name)
+    raise HTTPException(status_code=409, detail="conflict")
+
+
+@post("/items/return-error", sync_to_thread=True)
+def create_then_return_422_sync(sync_db_session: SessionDep, data: NameBody) -> Response[Any]:
+    add_item_sync(sync_db_session, data.name)
+    return Response({"detail": "rejected"}, status_code=422)
+
+
+@post("/items/redirect", sync_to_thread=True)
+def create_then_redirect_sync(sync_db_session: SessionDep, data: NameBody) -> Redirect:
+    add_item_sync(sync_db_session, data.name)
+    return Redirect("/items", status_code=303)
+
+
+@post("/items/deferred", sync_to_thread=True)
+def create_orphan_sync(sync_db_session: SessionDep, data: NameBody) -> dict[str, str]:
+    sync_db_session.add(Child(parent_id=MISSING_PARENT))
+    sync_db_session.flush()  # accepted: the foreign key is only checked at COMMIT
+    return {"name": data.name}
+
+
+@post("/items/slow", sync_to_thread=True)
+def create_slowly_sync(sync_db_session: SessionDep, data: SlowBody) -> dict[str, Any]:
+    item = add_item_sync(sync_db_session, data.name)
+    time.sleep(data.seconds)
+    return as_json(item)
+
+
+@get(
+    "/same-session",
+    dependencies={"other_session": provide_session(sync=True)},
+    sync_to_thread=True,
+)
+def same_session_sync(sync_db_session: SessionDep, other_session: SessionDep) -> dict[str, bool]:
+    return {"same": sync_db_session is other_session}
+
+
+def use_ended_session_sync(session: Session, results: list[str]) -> None:
+    try:
+        session.exec(select(Item))
+    except Exception as exc:
+        results.append(type(exc).__name__)
+    else:
+        results.append("none")
+
+
+@post("/items/background", sync_to_thread=True)
+def create_then_background_sync(
+    sync_db_session: SessionDep, data: NameBody, state: State
+) -> Response[dict[str, Any]]:
+    item = add_item_sync(sync_db_session, data.name)
+    # A sync background task runs in a worker thread, like the handler.
+    task = BackgroundTask(use_ended_session_sync, sync_db_session, state.background_results)
+    return Response(as_json(item), status_code=201, background=task)
+
+
+@get("/analytics/count", sync_to_thread=True)
+def count_analytics_sync(analytics_session: SessionDep) -> dict[str, int]:
+    return {"count": analytics_session.exec(select(func.count()).select_from(Item)).one()}
+
+
+SYNC_HANDLERS: list[ControllerRouterHandler] = [
+    create_item_sync,
+    read_item_sync,
+    list_items_sync,
+    create_then_raise_sync,
+    create_then_conflict_sync,
+    create_then_return_422_sync,
+    create_then_redirect_sync,
+    create_orphan_sync,
+    create_slowly_sync,
+    same_session_sync,
+    create_then_background_sync,
+]
+
+
+class LitestarHarness:
+    """Builds a Litestar app with :class:`~portside_litestar.PortsidePlugin`."""
+
+    name = "litestar"
+
+    def __init__(self) -> None:
+        self.background_results: list[str] = []
+
+    def build_app(
+        self, databases: DatabaseSettings | Mapping[str, DatabaseSettings], mode: Mode
+    ) -> Litestar:
+        sync = mode == "sync"
+        handlers = [untouched, *(SYNC_HANDLERS if sync else ASYNC_HANDLERS)]
+        dependencies = {}
+        if isinstance(databases, Mapping) and "analytics" in databases:
+            handlers.append(count_analytics_sync if sync else count_analytics)
+            dependencies["analytics_session"] = provide_session("analytics", sync=sync)
+        return Litestar(
+            handlers,
+            plugins=[PortsidePlugin(databases)],
+            dependencies=dependencies,
+            state=State({"background_results": self.background_results}),
+        )
+
+    def lifecycle(self, app: Litestar, state: Mapping[str, Any]) -> Lifecycle:
+        return get_lifecycle(app)
+
+
+class TestLitestarConformance(ConformanceSuite):
+    harness = LitestarHarness()

@@ -1,0 +1,313 @@
+"""The conformance harness for portside-starlette, written as a Starlette app would be.
+
+Async endpoints ask for ``await portside_starlette.async_session(request)``. In sync
+mode, endpoints that read a JSON body stay ``async def`` (a ``def`` endpoint cannot
+await the body), take ``await portside_starlette.session(request)`` and hand it to
+blocking code with ``run_in_threadpool``; body-less ones are ``def`` endpoints, which
+Starlette runs in a worker thread, and use ``portside_starlette.session_from_thread``.
+No endpoint commits: ``UnitOfWorkMiddleware`` commits before the response starts, or
+rolls back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+from sqlalchemy import func
+from sqlmodel import col, select
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse
+from starlette.routing import BaseRoute, Route
+
+import portside_starlette
+from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
+from portside.asgi import LIFECYCLE_STATE_KEY
+from portside_starlette import UnitOfWorkMiddleware, lifespan, readiness
+from portside_testing.conformance import ConformanceSuite
+from portside_testing.conformance.harness import Mode
+from portside_testing.conformance.models import Child, Item
+
+MISSING_PARENT = 999_999
+
+
+def as_json(item: Item) -> dict[str, Any]:
+    return {"id": item.id, "name": item.name}
+
+
+async def untouched(request: Request) -> JSONResponse:
+    return JSONResponse({"ok": True})
+
+
+common: list[BaseRoute] = [Route("/untouched", untouched), Route("/health", readiness)]
+
+
+def background_results(request: Request) -> list[str]:
+    """Where background tasks report what using the request's session raised."""
+    results: list[str] = request.app.state.background_results
+    return results
+
+
+# -- async endpoints -----------------------------------------------------------------
+
+
+async def add_item(request: Request) -> Item:
+    """Add an Item named by the JSON body, flushed (so it has an id)."""
+    session = await portside_starlette.async_session(request)
+    item = Item(name=(await request.json())["name"])
+    session.add(item)
+    await session.flush()
+    return item
+
+
+async def create_item(request: Request) -> JSONResponse:
+    return JSONResponse(as_json(await add_item(request)), status_code=201)
+
+
+async def read_item(request: Request) -> JSONResponse:
+    session = await portside_starlette.async_session(request)
+    item = await session.get(Item, request.path_params["item_id"])
+    if item is None:
+        raise HTTPException(404, f"no item {request.path_params['item_id']}")
+    return JSONResponse(as_json(item))
+
+
+async def list_items(request: Request) -> JSONResponse:
+    session = await portside_starlette.async_session(request)
+    names = await session.exec(select(Item.name).order_by(col(Item.name)))
+    return JSONResponse({"names": list(names)})
+
+
+async def create_then_raise(request: Request) -> JSONResponse:
+    await add_item(request)
+    raise RuntimeError("the handler failed after writing")
+
+
+async def create_then_conflict(request: Request) -> JSONResponse:
+    await add_item(request)
+    raise HTTPException(409, "conflict")
+
+
+async def create_then_return_422(request: Request) -> JSONResponse:
+    await add_item(request)
+    return JSONResponse({"detail": "rejected"}, status_code=422)
+
+
+async def create_then_redirect(request: Request) -> RedirectResponse:
+    await add_item(request)
+    return RedirectResponse("/items", status_code=303)
+
+
+async def create_orphan(request: Request) -> JSONResponse:
+    session = await portside_starlette.async_session(request)
+    session.add(Child(parent_id=MISSING_PARENT))
+    await session.flush()  # accepted: the foreign key is only checked at COMMIT
+    return JSONResponse(await request.json(), status_code=201)
+
+
+async def create_slowly(request: Request) -> JSONResponse:
+    item = await add_item(request)
+    await anyio.sleep((await request.json())["seconds"])
+    return JSONResponse(as_json(item), status_code=201)
+
+
+async def same_session(request: Request) -> JSONResponse:
+    first = await portside_starlette.async_session(request)
+    second = await portside_starlette.async_session(request)
+    return JSONResponse({"same": first is second})
+
+
+async def use_ended_session(session: AsyncSession, results: list[str]) -> None:
+    try:
+        await session.exec(select(Item))
+    except Exception as exc:
+        results.append(type(exc).__name__)
+    else:
+        results.append("none")
+
+
+async def create_then_background(request: Request) -> JSONResponse:
+    item = await add_item(request)
+    session = await portside_starlette.async_session(request)
+    task = BackgroundTask(use_ended_session, session, background_results(request))
+    return JSONResponse(as_json(item), status_code=201, background=task)
+
+
+async def count_analytics(request: Request) -> JSONResponse:
+    session = await portside_starlette.async_session(request, "analytics")
+    count = (await session.exec(select(func.count()).select_from(Item))).one()
+    return JSONResponse({"count": count})
+
+
+async_routes: list[BaseRoute] = [
+    Route("/items", create_item, methods=["POST"]),
+    Route("/items", list_items),
+    Route("/items/{item_id:int}", read_item),
+    Route("/items/raise", create_then_raise, methods=["POST"]),
+    Route("/items/http-error", create_then_conflict, methods=["POST"]),
+    Route("/items/return-error", create_then_return_422, methods=["POST"]),
+    Route("/items/redirect", create_then_redirect, methods=["POST"]),
+    Route("/items/deferred", create_orphan, methods=["POST"]),
+    Route("/items/slow", create_slowly, methods=["POST"]),
+    Route("/items/background", create_then_background, methods=["POST"]),
+    Route("/same-session", same_session),
+]
+async_analytics: list[BaseRoute] = [Route("/analytics/count", count_analytics)]
+
+
+# -- sync endpoints: blocking work in worker threads -----------------------------------
+
+
+def add_item_sync(session: Session, name: str) -> Item:
+    item = Item(name=name)
+    session.add(item)
+    session.flush()
+    return item
+
+
+async def add_item_in_thread(request: Request) -> Item:
+    """Read the body on the loop; add the Item in a worker thread."""
+    name = (await request.json())["name"]
+    return await run_in_threadpool(add_item_sync, await portside_starlette.session(request), name)
+
+
+async def create_item_sync(request: Request) -> JSONResponse:
+    return JSONResponse(as_json(await add_item_in_thread(request)), status_code=201)
+
+
+def read_item_sync(request: Request) -> JSONResponse:
+    session = portside_starlette.session_from_thread(request)
+    item = session.get(Item, request.path_params["item_id"])
+    if item is None:
+        raise HTTPException(404, f"no item {request.path_params['item_id']}")
+    return JSONResponse(as_json(item))
+
+
+def list_items_sync(request: Request) -> JSONResponse:
+    session = portside_starlette.session_from_thread(request)
+    return JSONResponse({"names": list(session.exec(select(Item.name).order_by(col(Item.name))))})
+
+
+async def create_then_raise_sync(request: Request) -> JSONResponse:
+    await add_item_in_thread(request)
+    raise RuntimeError("the handler failed after writing")
+
+
+async def create_then_conflict_sync(request: Request) -> JSONResponse:
+    await add_item_in_thread(request)
+    raise HTTPException(409, "conflict")
+
+
+async def create_then_return_422_sync(request: Request) -> JSONResponse:
+    await add_item_in_thread(request)
+    return JSONResponse({"detail": "rejected"}, status_code=422)
+
+
+async def create_then_redirect_sync(request: Request) -> RedirectResponse:
+    await add_item_in_thread(request)
+    return RedirectResponse("/items", status_code=303)
+
+
+def add_orphan(session: Session) -> None:
+    session.add(Child(parent_id=MISSING_PARENT))
+    session.flush()  # accepted: the foreign key is only checked at COMMIT
+
+
+async def create_orphan_sync(request: Request) -> JSONResponse:
+    await run_in_threadpool(add_orphan, await portside_starlette.session(request))
+    return JSONResponse(await request.json(), status_code=201)
+
+
+def add_item_slowly(session: Session, name: str, seconds: float) -> Item:
+    item = add_item_sync(session, name)
+    time.sleep(seconds)
+    return item
+
+
+async def create_slowly_sync(request: Request) -> JSONResponse:
+    data = await request.json()
+    session = await portside_starlette.session(request)
+    item = await run_in_threadpool(add_item_slowly, session, data["name"], data["seconds"])
+    return JSONResponse(as_json(item), status_code=201)
+
+
+def same_session_sync(request: Request) -> JSONResponse:
+    first = portside_starlette.session_from_thread(request)
+    second = portside_starlette.session_from_thread(request)
+    return JSONResponse({"same": first is second})
+
+
+def use_ended_session_sync(session: Session, results: list[str]) -> None:
+    try:
+        session.exec(select(Item))
+    except Exception as exc:
+        results.append(type(exc).__name__)
+    else:
+        results.append("none")
+
+
+async def create_then_background_sync(request: Request) -> JSONResponse:
+    item = await add_item_in_thread(request)
+    session = await portside_starlette.session(request)
+    # A sync background task runs in a worker thread, like the blocking work above.
+    task = BackgroundTask(use_ended_session_sync, session, background_results(request))
+    return JSONResponse(as_json(item), status_code=201, background=task)
+
+
+def count_analytics_sync(request: Request) -> JSONResponse:
+    session = portside_starlette.session_from_thread(request, "analytics")
+    return JSONResponse({"count": session.exec(select(func.count()).select_from(Item)).one()})
+
+
+sync_routes: list[BaseRoute] = [
+    Route("/items", create_item_sync, methods=["POST"]),
+    Route("/items", list_items_sync),
+    Route("/items/{item_id:int}", read_item_sync),
+    Route("/items/raise", create_then_raise_sync, methods=["POST"]),
+    Route("/items/http-error", create_then_conflict_sync, methods=["POST"]),
+    Route("/items/return-error", create_then_return_422_sync, methods=["POST"]),
+    Route("/items/redirect", create_then_redirect_sync, methods=["POST"]),
+    Route("/items/deferred", create_orphan_sync, methods=["POST"]),
+    Route("/items/slow", create_slowly_sync, methods=["POST"]),
+    Route("/items/background", create_then_background_sync, methods=["POST"]),
+    Route("/same-session", same_session_sync),
+]
+sync_analytics: list[BaseRoute] = [Route("/analytics/count", count_analytics_sync)]
+
+
+class StarletteHarness:
+    """Builds a Starlette app with portside's lifespan, middleware and accessors."""
+
+    name = "starlette"
+
+    def __init__(self) -> None:
+        self.background_results: list[str] = []
+
+    def build_app(
+        self, databases: DatabaseSettings | Mapping[str, DatabaseSettings], mode: Mode
+    ) -> Starlette:
+        routes = [*common, *(sync_routes if mode == "sync" else async_routes)]
+        if isinstance(databases, Mapping) and "analytics" in databases:
+            routes += sync_analytics if mode == "sync" else async_analytics
+        app = Starlette(
+            routes=routes,
+            middleware=[Middleware(UnitOfWorkMiddleware)],
+            lifespan=lifespan(databases),
+        )
+        app.state.background_results = self.background_results
+        return app
+
+    def lifecycle(self, app: Starlette, state: Mapping[str, Any]) -> Lifecycle:
+        lifecycle: Lifecycle = state[LIFECYCLE_STATE_KEY]
+        return lifecycle
+
+
+class TestStarletteConformance(ConformanceSuite):
+    harness = StarletteHarness()
