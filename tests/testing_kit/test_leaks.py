@@ -1,0 +1,126 @@
+"""Leaks fail the test that caused them, with a message naming the database.
+
+A small test file runs in its own pytest process (``pytester``), with the plugin
+loaded from its entry point and its default database: a temporary SQLite file.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+INNER_TESTS = """
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import portside_starlette
+
+pytestmark = pytest.mark.anyio
+held = []
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+async def close_what_was_leaked():
+    yield
+    for thing in reversed(held):
+        if hasattr(thing, "invalidate"):
+            await thing.invalidate()  # its pool is gone: close the driver connection
+        await (thing.close() if hasattr(thing, "close") else thing.finish(commit=False))
+    held.clear()
+
+
+async def leak_connection(request):
+    engine = portside_starlette.lifecycle(request).database().require_async().engine
+    held.append(await engine.connect())
+    return JSONResponse({})
+
+
+async def leak_unit_of_work(request):
+    unit = portside_starlette.lifecycle(request).unit_of_work()
+    await unit.async_session()  # opened, never finished
+    held.append(unit)
+    return JSONResponse({})
+
+
+async def fine(request):
+    await portside_starlette.async_session(request)
+    return JSONResponse({})
+
+
+def create_app():  # settings from DATABASE_*, which portside_client points at the test db
+    routes = [Route("/connection", leak_connection), Route("/unit", leak_unit_of_work)]
+    return Starlette(
+        routes=[*routes, Route("/fine", fine)],
+        middleware=[Middleware(portside_starlette.UnitOfWorkMiddleware)],
+        lifespan=portside_starlette.lifespan(),
+    )
+
+
+async def test_leaks_a_connection(portside_client):
+    async with portside_client(create_app()) as client:
+        assert (await client.get("/connection")).status == 200
+
+
+async def test_leaks_a_unit_of_work(portside_client):
+    async with portside_client(create_app()) as client:
+        assert (await client.get("/unit")).status == 200
+
+
+async def test_leaks_from_its_own_lifecycle(portside_lifecycle):
+    held.append(await portside_lifecycle.database().require_async().engine.connect())
+
+
+async def test_gives_everything_back(portside_client):
+    async with portside_client(create_app()) as client:
+        assert (await client.get("/fine")).status == 200
+
+
+async def test_mixes_the_client_with_session_fixtures(portside_client, portside_async_session):
+    pass
+"""
+
+
+def test_leaks_fail_the_test_with_a_clear_message(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("PORTSIDE_TEST_DATABASE_URL", "DATABASE_URL", "DATABASE_ASYNC_URL"):
+        monkeypatch.delenv(name, raising=False)
+    # The leaked unit of work keeps the app's shutdown waiting for this long.
+    monkeypatch.setenv("DATABASE_SHUTDOWN_TIMEOUT", "0.2")
+    monkeypatch.setenv("COLUMNS", "300")  # untruncated summary lines
+    pytester.makepyfile(test_inner=INNER_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", "-ra")
+    result.assert_outcomes(passed=1, failed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*portside: the test leaked database resources (checked when the client exited*",
+            "*- database 'default' (sqlite+aiosqlite:///*/test.db), async engine: "
+            "1 connection(s) checked out and never returned",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*- 1 unit(s) of work opened a session and never finished*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*portside: the test leaked database resources (checked at the end of the test*",
+            "*- database 'default' (sqlite+aiosqlite:///*/test.db), async engine: "
+            "1 connection(s) checked out and never returned",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*portside_client cannot be combined with portside_lifecycle*"])
+    result.stdout.fnmatch_lines(
+        [
+            "FAILED test_inner.py::test_leaks_a_connection - *ConnectionLeakError*",
+            "FAILED test_inner.py::test_leaks_a_unit_of_work - *ConnectionLeakError*",
+            "FAILED test_inner.py::test_leaks_from_its_own_lifecycle - *ConnectionLeakError*",
+        ],
+        consecutive=False,
+    )
