@@ -47,9 +47,10 @@ from fastapi.responses import JSONResponse
 import portside
 from portside import AsyncSession, ConfigurationError, DatabaseSettings, Lifecycle, Session
 from portside.asgi import (
-    LIFECYCLE_STATE_KEY,
     UnitOfWorkMiddleware,
+    has_unit_of_work_middleware,
     lifecycle_from_state,
+    lifespan_state,
     unit_of_work_from_scope,
 )
 
@@ -104,20 +105,12 @@ def lifespan(
 
     @asynccontextmanager
     async def portside_lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        if not any(_is_unit_of_work_middleware(m.cls) for m in app.user_middleware):
+        if not has_unit_of_work_middleware(m.cls for m in app.user_middleware):
             raise ConfigurationError(_MISSING_MIDDLEWARE)
-        async with Lifecycle(databases) as lifecycle:
-            if wrap is None:
-                yield {LIFECYCLE_STATE_KEY: lifecycle}
-                return
-            async with wrap(app) as app_state:
-                yield {**(app_state or {}), LIFECYCLE_STATE_KEY: lifecycle}
+        async with lifespan_state(databases, wrap(app) if wrap else None) as state:
+            yield state
 
     return portside_lifespan
-
-
-def _is_unit_of_work_middleware(cls: object) -> bool:
-    return isinstance(cls, type) and issubclass(cls, UnitOfWorkMiddleware)
 
 
 async def _lifecycle(request: Request) -> Lifecycle:

@@ -54,9 +54,10 @@ from starlette.responses import JSONResponse
 import portside
 from portside import AsyncSession, ConfigurationError, DatabaseSettings, Lifecycle, Session
 from portside.asgi import (
-    LIFECYCLE_STATE_KEY,
     UnitOfWorkMiddleware,
+    has_unit_of_work_middleware,
     lifecycle_from_state,
+    lifespan_state,
     unit_of_work_from_scope,
 )
 
@@ -103,17 +104,12 @@ def lifespan(
     @asynccontextmanager
     async def portside_lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         # Only a Starlette app lists its middleware; a bare Router wraps its own.
-        if isinstance(app, Starlette) and not any(
-            isinstance(m.cls, type) and issubclass(m.cls, UnitOfWorkMiddleware)
-            for m in app.user_middleware
+        if isinstance(app, Starlette) and not has_unit_of_work_middleware(
+            m.cls for m in app.user_middleware
         ):
             raise ConfigurationError(_MISSING_MIDDLEWARE)
-        async with Lifecycle(databases) as running:
-            if wrap is None:
-                yield {LIFECYCLE_STATE_KEY: running}
-                return
-            async with wrap(app) as app_state:
-                yield {**(app_state or {}), LIFECYCLE_STATE_KEY: running}
+        async with lifespan_state(databases, wrap(app) if wrap else None) as state:
+            yield state
 
     return portside_lifespan
 

@@ -20,13 +20,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    MutableMapping,
+)
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from portside.errors import LifecycleStateError, is_database_unavailable
+from portside.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
-    from portside.lifecycle import Lifecycle
+    from portside.settings import DatabaseSettings
     from portside.unit_of_work import UnitOfWork
 
 Scope = MutableMapping[str, Any]
@@ -56,6 +65,38 @@ def lifecycle_from_state(scope: Scope) -> Lifecycle:
             "the server or test client run the lifespan and support lifespan state?"
         )
     return lifecycle
+
+
+def has_unit_of_work_middleware(middleware_classes: Iterable[object]) -> bool:
+    """Whether an app's declared middleware includes :class:`UnitOfWorkMiddleware`.
+
+    Lifespans check this at startup: without the middleware, sessions would never
+    be committed, and failing loudly beats losing every write.
+    """
+    return any(
+        isinstance(cls, type) and issubclass(cls, UnitOfWorkMiddleware)
+        for cls in middleware_classes
+    )
+
+
+@asynccontextmanager
+async def lifespan_state(
+    databases: DatabaseSettings | Mapping[str, DatabaseSettings] | None,
+    app_lifespan: AbstractAsyncContextManager[Mapping[str, Any] | None] | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Run one app start: a new :class:`~portside.Lifecycle`, the app's own lifespan inside it.
+
+    Yields the lifespan state to hand the server: the app lifespan's state, if any,
+    plus the lifecycle under :data:`LIFECYCLE_STATE_KEY`. A new lifecycle per start
+    means an app started again (as test clients do) gets fresh engines, and state
+    (not a module global) means two apps in one process never share them.
+    """
+    async with Lifecycle(databases) as lifecycle:
+        if app_lifespan is None:
+            yield {LIFECYCLE_STATE_KEY: lifecycle}
+            return
+        async with app_lifespan as app_state:
+            yield {**(app_state or {}), LIFECYCLE_STATE_KEY: lifecycle}
 
 
 def unit_of_work_from_scope(scope: Scope) -> UnitOfWork:
