@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import create_engine
 from sqlmodel import select
@@ -295,60 +291,3 @@ def test_the_module_docstring_example_runs(tmp_path: Path) -> None:
 
 
 # -- under a real server -----------------------------------------------------------------
-
-SERVED_APP = """
-import sys
-sys.path.insert(0, {harness_dir!r})
-from harness_starlette import StarletteHarness
-from portside import DatabaseSettings
-app = StarletteHarness().build_app(DatabaseSettings(url={url!r}), {mode!r})
-"""
-
-
-@pytest.mark.parametrize("mode", ["async", "sync"])
-def test_under_uvicorn_commits_before_answering(
-    tmp_path: Path, postgresql_url: str, mode: str
-) -> None:
-    """The conformance app over real HTTP: a write, a failed commit, read-your-write."""
-    settings = DatabaseSettings(url=postgresql_url)
-    engine = create_engine(settings.url or "")
-    with engine.begin() as connection:
-        metadata.drop_all(connection)
-        metadata.create_all(connection)
-    engine.dispose()
-    harness_dir = str(Path(__file__).parents[1] / "conformance")
-    (tmp_path / "served.py").write_text(
-        SERVED_APP.format(harness_dir=harness_dir, url=settings.url, mode=mode)
-    )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "uvicorn", "served:app", "--port", str(port)]
-    log = tmp_path / "uvicorn.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=out)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                assert server.poll() is None, log.read_text()
-                try:
-                    if client.get("/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline, log.read_text()
-                    time.sleep(0.1)
-            created = client.post("/items", json={"name": "served"})
-            assert created.status_code == 201, created.text
-            failed = client.post("/items/deferred", json={"name": "orphan"})
-            assert failed.status_code >= 500, failed.text
-            fetched = client.get(f"/items/{created.json()['id']}")
-            assert (fetched.status_code, fetched.json()) == (200, created.json())
-    finally:
-        server.send_signal(signal.SIGTERM)  # uvicorn's graceful shutdown
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-    assert b"Application shutdown complete" in log.read_bytes(), log.read_text()
