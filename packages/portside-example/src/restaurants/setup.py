@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlmodel import SQLModel, select
 
 from portside import DatabaseSettings, Lifecycle
@@ -28,6 +28,9 @@ __all__ = [
 DEFAULT_URL = "sqlite:///restaurants.db"
 #: Environment variable asking for sample rows in an empty database (``true``/``false``).
 SEED_ENV = "RESTAURANTS_SEED"
+
+# Advisory lock key serializing table creation across workers (any fixed number).
+_LOCK = 7_311_004
 
 _SAMPLES = {
     ("Trattoria Sole", "italian", 4.5): [("Margherita", 1150), ("Tiramisu", 650)],
@@ -53,6 +56,9 @@ async def prepare_database(lifecycle: Lifecycle, *, seed: bool) -> None:
     """Create missing tables, then with ``seed`` fill an empty database with samples."""
     engine = lifecycle.database().require_async().engine
     async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Several workers start at once: one creates, the others then find the tables.
+            await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
         await connection.run_sync(SQLModel.metadata.create_all)
     if not seed:
         return

@@ -9,6 +9,9 @@ from __future__ import annotations
 from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+# SQLSTATE "read_only_sql_transaction".
+_READ_ONLY = "25006"
+
 
 class PortsideError(Exception):
     """Base class of the errors portside raises on purpose."""
@@ -54,8 +57,12 @@ def is_database_unavailable(exc: BaseException) -> bool:
 
     True for an exhausted pool (SQLAlchemy's pool ``TimeoutError``), a connection
     that was lost or invalidated, an operational failure reported by the driver,
-    and a lifecycle that is shutting down. Integrations answer these with 503.
+    a write refused by a read-only server (SQLSTATE 25006: a demoted primary during a
+    failover), and a lifecycle that is shutting down. Integrations answer these with
+    503.
     """
     if isinstance(exc, PoolTimeoutError | ShuttingDownError | OperationalError):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, DBAPIError):
+        return False
+    return exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) == _READ_ONLY

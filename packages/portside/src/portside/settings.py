@@ -180,6 +180,22 @@ class DatabaseSettings(BaseSettings):
         ),
     )
 
+    pgbouncer: bool = Field(
+        default=False,
+        description=(
+            "Make PostgreSQL connections safe behind PgBouncer in transaction pooling "
+            "mode: no named prepared statement outlives its transaction."
+        ),
+    )
+    reset_on_return: bool = Field(
+        default=True,
+        description=(
+            "Reset a PostgreSQL connection's session state (SET parameters, role, temporary "
+            "tables, advisory locks) when it returns to the pool, so no request sees "
+            "another's."
+        ),
+    )
+
     def __init__(self, *args: Any, **values: Any) -> None:
         token = _constructor_env_prefix.set(values.get("_env_prefix"))
         try:

@@ -1,0 +1,78 @@
+"""Item 4: a request's SET does not reach the next request on the same connection.
+
+Each app has a pool of exactly one connection per engine, so the second request
+is guaranteed to borrow the connection the first one changed (the tests check the
+backend pid). ``reset_on_return`` (on by default) resets it on the way back to
+the pool; with it off, the change leaks (shown, so the setting is seen to matter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from portside import DatabaseSettings
+from portside_testing.asgi import AppRunner
+from tests.production.apps import SETTERS, create_ops_app
+from tests.production.load import report
+from tests.production.postgres import admin_execute
+
+pytestmark = [pytest.mark.anyio, pytest.mark.postgresql]
+
+ROLE = "portside_production_role"
+
+
+@pytest.fixture(scope="module")
+def role(postgresql_url: str) -> Iterator[str]:
+    """A role requests switch to with ``SET ROLE`` (cluster-wide; dropped afterwards)."""
+    admin_execute(
+        postgresql_url,
+        f"DO $$BEGIN CREATE ROLE {ROLE}; EXCEPTION WHEN duplicate_object THEN NULL; END$$",
+    )
+    yield ROLE
+    admin_execute(postgresql_url, f"DROP ROLE IF EXISTS {ROLE}")
+
+
+def changed(what: str, state: dict[str, object]) -> bool:
+    """Whether ``state`` shows the change ``SETTERS[what]`` makes."""
+    if what == "statement_timeout":
+        return state["statement_timeout"] == "4321ms"
+    if what == "search_path":
+        return "portside_elsewhere" in str(state["search_path"])
+    return state["user"] == ROLE
+
+
+@pytest.mark.parametrize("engine", ["async", "sync"])
+@pytest.mark.parametrize("what", sorted(SETTERS))
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "no-reset"])
+async def test_session_state_does_not_leak_into_the_next_request(
+    engine: str, what: str, reset: bool, role: str, production_database: str
+) -> None:
+    settings = DatabaseSettings(
+        url=production_database,
+        pool_size=1,
+        max_overflow=0,
+        startup_timeout=10,
+        reset_on_return=reset,
+    )
+    prefix = "/probe/sync-" if engine == "sync" else "/probe/"
+    async with AppRunner(create_ops_app(settings)) as runner:
+        baseline = (await runner.request("GET", f"{prefix}state")).json()
+        during = await runner.request("POST", f"{prefix}set/{what}")
+        assert during.status == 200, during.text
+        assert changed(what, during.json())  # the SET took effect and was committed
+        after = (await runner.request("GET", f"{prefix}state")).json()
+    same_connection = baseline["pid"] == during.json()["pid"] == after["pid"]
+    leaked = changed(what, after)
+    report(
+        f"session-state[{engine},{what},{'reset' if reset else 'no-reset'}]",
+        requests=3,
+        same_connection=same_connection,
+        state_leaked=leaked,
+    )
+    assert same_connection
+    if reset:
+        assert after == baseline
+    else:
+        assert leaked  # what reset_on_return=false costs
