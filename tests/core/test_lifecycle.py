@@ -196,6 +196,7 @@ async def test_ping_reports_every_database(make_settings: SettingsFactory, tmp_p
     assert main.latency is not None
     assert main.latency >= 0
     assert main.pools["async"].size == 3
+    assert main.pools["async"].overflow == 0
     assert main.pools["sync"].checked_out == 0
 
 

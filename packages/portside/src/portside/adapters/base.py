@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class PoolStatus:
-    """A snapshot of one engine's connection pool (``None`` where the pool cannot tell)."""
+    """A snapshot of one engine's connection pool (``None`` where the pool cannot tell).
+
+    ``overflow`` counts connections open beyond ``size`` right now (0 or more).
+    """
 
     size: int | None
     checked_out: int | None
@@ -45,7 +48,9 @@ def pool_status(engine: Engine) -> PoolStatus:
     """Read the pool counters of ``engine`` without touching any connection."""
     pool = engine.pool
     if isinstance(pool, QueuePool):
-        return PoolStatus(size=pool.size(), checked_out=pool.checkedout(), overflow=pool.overflow())
+        # SQLAlchemy counts overflow from -pool_size; report connections beyond the size.
+        overflow = max(pool.overflow(), 0)
+        return PoolStatus(size=pool.size(), checked_out=pool.checkedout(), overflow=overflow)
     return PoolStatus(size=None, checked_out=None, overflow=None)
 
 
