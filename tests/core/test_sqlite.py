@@ -206,3 +206,34 @@ async def test_a_commit_refused_by_a_deferred_constraint_leaves_a_clean_pool(
             await session.exec(insert(children).values(parent_id=1))
         async with lifecycle.async_session() as session:
             assert (await session.exec(select(func.count()).select_from(children))).scalar() == 1
+
+
+async def test_a_unit_that_cannot_get_in_releases_everything(tmp_path: Path) -> None:
+    """Waiting for the in-memory gate times out cleanly, sync and async alike."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+    settings = DatabaseSettings(url="sqlite://", pool_timeout=0.2)
+    async with Lifecycle(settings) as lifecycle:
+        holder_in = anyio.Event()
+        release = anyio.Event()
+
+        async def holder() -> None:
+            async with lifecycle.async_session():
+                holder_in.set()
+                await release.wait()
+
+        def blocked_sync() -> None:
+            with pytest.raises(PoolTimeoutError), lifecycle.session():
+                pass
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder)
+            await holder_in.wait()
+            with pytest.raises(PoolTimeoutError):
+                async with lifecycle.async_session():
+                    pass
+            await anyio.to_thread.run_sync(blocked_sync)
+            release.set()
+        assert lifecycle.in_flight == 0
+        async with lifecycle.async_session() as session:  # the gate is free again
+            await session.exec(select(1))

@@ -330,10 +330,9 @@ class Lifecycle:
         refuses to run on the event loop's thread.
         """
         unit = self.unit_of_work(writes=writes)
-        session = unit.session_blocking(name)
         try:
-            yield session
-        except BaseException:
+            yield unit.session_blocking(name)
+        except BaseException:  # opening failed too: release what the unit holds
             unit.finish_blocking(commit=False)
             raise
         unit.finish_blocking(commit=True)
