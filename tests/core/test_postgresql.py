@@ -26,7 +26,6 @@ async def test_pool_settings_reach_both_engines(postgresql_url: str) -> None:
             assert pool._max_overflow == 2  # type: ignore[attr-defined]
             assert pool._timeout == 4  # type: ignore[attr-defined]
             assert pool._recycle == 600
-            assert pool._pre_ping is True
         assert database.sync.driver == "psycopg"
         assert database.async_.driver == "asyncpg"
 
@@ -51,3 +50,32 @@ async def test_libpq_url_parameters_work_for_both_drivers(postgresql_url: str) -
                 return str(session.exec(text("SHOW application_name")).scalar_one())
 
         assert await anyio.to_thread.run_sync(sync_name) == name == "portside-libpq"
+
+
+async def test_a_connection_killed_between_units_is_replaced(postgresql_url: str) -> None:
+    """Pre-ping on checkout: the next unit gets a live connection, sync and async."""
+    settings = DatabaseSettings(url=postgresql_url, pool_size=1, max_overflow=0)
+    pid_query = text("SELECT pg_backend_pid()")
+    async with (
+        Lifecycle(settings) as lifecycle,
+        Lifecycle(DatabaseSettings(url=postgresql_url)) as admin,
+    ):
+
+        async def kill(pid: int) -> None:
+            async with admin.async_session() as session:
+                await session.exec(text("SELECT pg_terminate_backend(:p)").bindparams(p=pid))
+
+        async with lifecycle.async_session() as session:
+            first = (await session.exec(pid_query)).scalar_one()
+        await kill(first)
+        async with lifecycle.async_session() as session:
+            second = (await session.exec(pid_query)).scalar_one()
+        assert second != first
+
+        def sync_pid() -> int:
+            with lifecycle.session() as session:
+                return int(session.exec(pid_query).scalar_one())
+
+        first = await anyio.to_thread.run_sync(sync_pid)
+        await kill(first)
+        assert await anyio.to_thread.run_sync(sync_pid) != first

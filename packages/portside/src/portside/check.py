@@ -27,6 +27,7 @@ import anyio.to_thread
 from pydantic import ValidationError
 from sqlalchemy import Connection
 
+from portside.adapters import AsyncAdapter, SyncAdapter
 from portside.errors import ConfigurationError, PortsideError
 from portside.lifecycle import Lifecycle
 from portside.settings import DatabaseSettings
@@ -204,12 +205,14 @@ async def _inspect(lifecycle: Lifecycle, name: str, backend: str) -> dict[str, A
     """Server version, pragmas and effective pool settings of a running database."""
     database = lifecycle.database(name)
     probe = partial(_probe, backend=backend)
+    adapter: SyncAdapter | AsyncAdapter
     if database.async_ is not None:
-        adapter_options = database.async_.engine_options()
+        adapter = database.async_
+        adapter_options = adapter.engine_options()
         async with database.async_.engine.connect() as connection:
             facts = await connection.run_sync(probe)
     else:
-        sync = database.require_sync()
+        sync = adapter = database.require_sync()
         adapter_options = sync.engine_options()
 
         def probe_sync() -> dict[str, Any]:
@@ -224,7 +227,7 @@ async def _inspect(lifecycle: Lifecycle, name: str, backend: str) -> dict[str, A
         "max_overflow": adapter_options.get("max_overflow"),
         "timeout": adapter_options.get("pool_timeout"),
         "recycle": adapter_options.get("pool_recycle"),
-        "pre_ping": adapter_options.get("pool_pre_ping"),
+        "pre_ping": adapter.pings_on_checkout,
     }
     return facts
 

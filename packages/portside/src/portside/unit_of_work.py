@@ -200,15 +200,36 @@ class UnitOfWork:
         if self._ended:
             return
         self._ended = True
+        committed = False
         try:
             if commit:
                 for async_session in self._async.values():
                     await async_session.commit()
                 for sync_session in self._sync.values():
                     await anyio.to_thread.run_sync(sync_session.commit)
+                committed = True
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._close_all()
+            if committed:
+                await self._close_committed()
+            else:
+                with anyio.CancelScope(shield=True):
+                    await self._close_all()
+
+    async def _close_committed(self) -> None:
+        """Close sessions whose commit succeeded: their connections are already back.
+
+        The common path, so it skips the shielded, bounded machinery ``_close_all``
+        needs for sessions that may still hold a transaction.
+        """
+        try:
+            for async_session in self._async.values():
+                async_session.mark_ended()
+                await async_session.close()
+            for sync_session in self._sync.values():
+                sync_session.mark_ended()
+                sync_session.close()  # no transaction left: no I/O, safe on the loop
+        finally:
+            self._release()
 
     async def _close_all(self) -> None:
         timeout = self._lifecycle.cleanup_timeout

@@ -78,6 +78,11 @@ class _Adapter:
         """The DBAPI driver's name, e.g. ``asyncpg``."""
         return self.url.get_driver_name()
 
+    @property
+    def pings_on_checkout(self) -> bool:
+        """Whether a pooled connection is checked before each use (pre-ping)."""
+        return bool(self.engine_options().get("pool_pre_ping"))
+
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for ``create_engine``; backends extend them."""
         return {"echo": self.settings.echo, "hide_parameters": self.settings.hide_parameters}

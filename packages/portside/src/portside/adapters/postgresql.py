@@ -28,6 +28,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.util import await_
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
@@ -67,8 +68,23 @@ def _unique_statement_name() -> str:
     return f"__asyncpg_{uuid.uuid4().hex}__"
 
 
+def _ping_on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """asyncpg's pre-ping in one round trip (SQLAlchemy's own takes three).
+
+    The driver's execute with no arguments uses the simple protocol: nothing is
+    prepared, so it is safe behind PgBouncer too. A failure makes the pool replace
+    the connection, as pre-ping does.
+    """
+    try:
+        await_(dbapi_connection.driver_connection.execute("SELECT 1"))
+    except Exception as exc:
+        raise DisconnectionError("pre-ping failed; replacing the connection") from exc
+
+
 def _configure(engine: Engine, settings: DatabaseSettings, *, asyncpg: bool) -> None:
     event.listen(engine, "handle_error", _read_only_is_a_disconnect)
+    if asyncpg and settings.pool_pre_ping:
+        event.listen(engine, "checkout", _ping_on_checkout)
     if not settings.reset_on_return:
         return
 
@@ -129,6 +145,7 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
     def engine_options(self) -> dict[str, Any]:
         """Pool knobs from the settings plus asyncpg's connect timeout."""
         options = super().engine_options() | self.pooling_options()
+        options["pool_pre_ping"] = False  # replaced by _ping_on_checkout
         options["connect_args"] = {"timeout": self.settings.connect_timeout}
         if self._server_settings:
             options["connect_args"]["server_settings"] = self._server_settings
@@ -141,6 +158,11 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
                 "prepared_statement_name_func": _unique_statement_name,
             }
         return options
+
+    @property
+    def pings_on_checkout(self) -> bool:
+        """Pre-ping runs as portside's one-round-trip checkout listener."""
+        return self.settings.pool_pre_ping
 
     def configure(self, engine: Engine) -> None:
         """Treat read-only errors as disconnects; reset session state on return."""
