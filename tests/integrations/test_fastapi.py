@@ -29,6 +29,8 @@ from portside_fastapi import (
 from portside_testing.asgi import AppRunner
 from portside_testing.conformance.models import Item, metadata
 
+from .docstrings import docstring_example
+
 pytestmark = pytest.mark.anyio
 
 
@@ -210,21 +212,9 @@ async def test_a_background_task_opens_its_own_unit_of_work(tmp_path: Path) -> N
 # -- the documented example ---------------------------------------------------------------
 
 
-def docstring_example() -> str:
-    """The indented block after the first ``::`` of the module docstring."""
-    doc = portside_fastapi.__doc__
-    assert doc is not None
-    lines = []
-    for line in doc.partition("::\n")[2].splitlines():
-        if line and not line.startswith("    "):
-            break
-        lines.append(line)
-    return textwrap.dedent("\n".join(lines))
-
-
 def test_the_module_docstring_example_runs(tmp_path: Path) -> None:
     # A subprocess: the example declares a table on SQLModel's global metadata.
-    script = docstring_example() + textwrap.dedent(
+    script = docstring_example(portside_fastapi) + textwrap.dedent(
         """
         import anyio
         from sqlalchemy import create_engine

@@ -28,6 +28,8 @@ from portside_starlette import UnitOfWorkMiddleware, lifespan
 from portside_testing.asgi import AppRunner
 from portside_testing.conformance.models import Item, metadata
 
+from .docstrings import docstring_example
+
 
 def sqlite(tmp_path: Path, name: str = "app", **overrides: Any) -> DatabaseSettings:
     return DatabaseSettings(url=f"sqlite:///{tmp_path / name}.db", **overrides)
@@ -240,21 +242,9 @@ async def test_sync_sessions_run_on_asyncio_and_trio(tmp_path: Path, anyio_backe
 # -- the documented example ---------------------------------------------------------------
 
 
-def docstring_example() -> str:
-    """The indented block after the first ``::`` of the module docstring."""
-    doc = portside_starlette.__doc__
-    assert doc is not None
-    lines = []
-    for line in doc.partition("::\n")[2].splitlines():
-        if line and not line.startswith("    "):
-            break
-        lines.append(line)
-    return textwrap.dedent("\n".join(lines))
-
-
 def test_the_module_docstring_example_runs(tmp_path: Path) -> None:
     # A subprocess: the example declares a table on SQLModel's global metadata.
-    script = docstring_example() + textwrap.dedent(
+    script = docstring_example(portside_starlette) + textwrap.dedent(
         """
         import anyio
         from sqlalchemy import create_engine
