@@ -8,6 +8,8 @@ then writes cannot upgrade its lock once another writer committed ("database is
 locked"); taking the write lock at ``BEGIN`` makes writers queue on the busy
 timeout instead, while readers stay concurrent under WAL. Driving ``BEGIN``
 ourselves is also SQLAlchemy's documented fix for SAVEPOINT on pysqlite/aiosqlite.
+Async engines connect through :mod:`portside.adapters.aiosqlite_connection`, which
+runs that ``BEGIN`` in the same trip to aiosqlite's thread as the first statement.
 
 Units of work that may write also take turns inside the process, before their
 ``BEGIN IMMEDIATE``: SQLite allows one writer at a time anyway, and waiting in a
@@ -24,6 +26,7 @@ locks fail at once instead of waiting).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -33,7 +36,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
-from sqlalchemy.util import await_
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
 from portside.errors import StartupError
@@ -42,6 +44,7 @@ from portside.sessions import AsyncSession, Session
 from portside.urls import is_sqlite_memory
 
 if TYPE_CHECKING:
+    from portside.adapters.aiosqlite_connection import AiosqliteConnection
     from portside.settings import DatabaseSettings
 
 _BEGIN_OPTION = "portside_sqlite_begin"
@@ -79,13 +82,12 @@ def _install_defaults(
     def _on_begin(connection: Connection) -> None:
         statement = connection.get_execution_options().get(_BEGIN_OPTION, "BEGIN")
         driver = connection.connection.driver_connection
-        # The driver's own execute: one trip to aiosqlite's thread instead of three
-        # (cursor, execute, close), on every unit of work.
+        if is_async:
+            # Runs in the same trip to aiosqlite's thread as the first statement.
+            driver.defer_begin(statement)  # type: ignore[union-attr]
+            return
         try:
-            if is_async:
-                await_(driver.execute(statement))  # type: ignore[union-attr]
-            else:
-                driver.execute(statement)  # type: ignore[union-attr]
+            driver.execute(statement)  # type: ignore[union-attr]
         except sqlite3.Error as exc:  # what exec_driver_sql would have raised
             raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
@@ -221,11 +223,23 @@ class AsyncSQLiteAdapter(AsyncAdapter):
         return self.gate if writes or self._memory is not None else None
 
     def engine_options(self) -> dict[str, Any]:
-        """Queue pool for files and shared memory alike."""
+        """Queue pool for files and shared memory alike; portside's aiosqlite connections."""
         options = super().engine_options() | self.pooling_options()
         options["pool_pre_ping"] = False
         options["poolclass"] = AsyncAdaptedQueuePool
+        options["async_creator"] = self._connect
         return options
+
+    async def _connect(self) -> AiosqliteConnection:
+        # Imported here: aiosqlite is optional (the sqlite extra), the sync adapter is not.
+        from portside.adapters.aiosqlite_connection import AiosqliteConnection  # noqa: PLC0415
+
+        args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+        # Only aiosqlite's thread runs statements; the event loop reads in_transaction.
+        kwargs["check_same_thread"] = False
+        connection = AiosqliteConnection(functools.partial(sqlite3.connect, *args, **kwargs))
+        await connection  # starts its thread and connects there
+        return connection
 
     def configure(self, engine: Engine) -> None:
         """Install the pragmas and portside-driven BEGIN."""
