@@ -111,6 +111,36 @@ async def test_session_refuses_use_after_its_unit_ended(make_settings: SettingsF
         assert checked_out(lifecycle) == [0, 0]
 
 
+async def test_a_task_ending_units_in_a_loop_does_not_starve_a_waiting_one(
+    make_settings: SettingsFactory, backend: str
+) -> None:
+    """A job loop ending unit after unit hands its connection to a waiting unit.
+
+    Without a yield after the unit ends, the loop's next unit takes the connection
+    back from the pool before the waiter runs, every time, until the loop is done.
+    """
+    if backend == "sqlite-memory":
+        pytest.skip("in memory, units take turns in portside's own gate instead of the pool")
+    order: list[str] = []
+    async with Lifecycle(make_settings(pool_size=1, max_overflow=0)) as lifecycle:
+
+        async def loop() -> None:
+            for _ in range(20):
+                async with lifecycle.async_session(writes=False) as session:
+                    await session.exec(select(1))
+                order.append("loop")
+
+        async def waiter() -> None:
+            async with lifecycle.async_session(writes=False) as session:
+                await session.exec(select(1))
+            order.append("waiter")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(loop)
+            group.start_soon(waiter)
+    assert order.index("waiter") <= 2
+
+
 async def test_cancelled_task_returns_its_connection(make_settings: SettingsFactory) -> None:
     inserted = anyio.Event()
 

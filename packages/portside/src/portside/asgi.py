@@ -186,4 +186,5 @@ class UnitOfWorkMiddleware:
             logger.warning("database unavailable: %s", exc)
             await send_error(send, exc)
         finally:
-            await unit.finish(commit=False)
+            if not unit.ended:  # the app returned without starting a response
+                await unit.finish(commit=False)

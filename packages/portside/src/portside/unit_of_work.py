@@ -13,6 +13,7 @@ commit, so a failure at the second commit cannot undo the first.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from types import TracebackType
@@ -210,24 +211,32 @@ class UnitOfWork:
                 committed = True
         finally:
             if committed:
-                await self._close_committed()
+                self._close_committed()
             else:
                 with anyio.CancelScope(shield=True):
                     await self._close_all()
+            if self._async:
+                # Let a unit waiting for a connection we just returned run before
+                # this task goes on: a task that ends units in a loop (a job worker,
+                # a benchmark's client) would otherwise take it back from the pool
+                # first, every time, and its waiters would wait until the loop ends.
+                # Async sessions mean asyncio, where this is the cheapest yield.
+                await asyncio.sleep(0)
 
-    async def _close_committed(self) -> None:
+    def _close_committed(self) -> None:
         """Close sessions whose commit succeeded: their connections are already back.
 
         The common path, so it skips the shielded, bounded machinery ``_close_all``
-        needs for sessions that may still hold a transaction.
+        needs for sessions that may still hold a transaction. With no transaction
+        left, closing does no I/O, so it runs directly, even for async sessions.
         """
         try:
             for async_session in self._async.values():
                 async_session.mark_ended()
-                await async_session.close()
+                async_session.sync_session.close()
             for sync_session in self._sync.values():
                 sync_session.mark_ended()
-                sync_session.close()  # no transaction left: no I/O, safe on the loop
+                sync_session.close()
         finally:
             self._release()
 
