@@ -1,10 +1,11 @@
-"""Side-by-side cost of ``reset_on_return`` (not a test; run it by hand).
+"""Side-by-side cost of ``reset_session_state`` (not a test; run it by hand).
 
     uv run python -m tests.production.bench_reset [postgresql URL] [units]
 
 Runs the same short unit of work (check out a connection, ``SELECT 1``, return it)
-with the reset on and off, async (asyncpg) and sync (psycopg), and prints the
-mean time per unit and the difference.
+with the reset on and off (pre-ping on in both: the reset replaces its ``SELECT 1``),
+async (asyncpg) and sync (psycopg), and prints the mean time per unit and the
+difference.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ DEFAULT_URL = os.environ.get(
 
 async def measure(url: str, units: int, *, reset: bool) -> tuple[float, float]:
     """Mean seconds per unit of work: (async, sync)."""
-    settings = DatabaseSettings(url=url, pool_size=1, max_overflow=0, reset_on_return=reset)
+    settings = DatabaseSettings(url=url, pool_size=1, max_overflow=0, reset_session_state=reset)
     async with Lifecycle(settings) as lifecycle:
         started = time.perf_counter()
         for _ in range(units):

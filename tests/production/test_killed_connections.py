@@ -28,9 +28,13 @@ from tests.production.postgres import (
 pytestmark = [pytest.mark.anyio, pytest.mark.postgresql]
 
 
-def app_settings(database: str, tag: str) -> DatabaseSettings:
+def app_settings(database: str, tag: str, **overrides: bool) -> DatabaseSettings:
     return DatabaseSettings(
-        url=with_application_name(database, tag), pool_size=5, max_overflow=5, startup_timeout=10
+        url=with_application_name(database, tag),
+        pool_size=5,
+        max_overflow=5,
+        startup_timeout=10,
+        **overrides,  # type: ignore[arg-type]
     )
 
 
@@ -50,15 +54,20 @@ async def mixed(runner: AppRunner, total: int, tag: str) -> tuple[int, int]:
     return outcome.requests, outcome.errors
 
 
-async def test_connections_killed_between_requests_go_unnoticed(production_database: str) -> None:
+# The checkout statement is the session reset by default, a bare ping without it.
+@pytest.mark.parametrize("reset", [True, False], ids=["reset-pings", "ping-only"])
+async def test_connections_killed_between_requests_go_unnoticed(
+    production_database: str, reset: bool
+) -> None:
     tag = f"portside-kill-idle-{uuid.uuid4().hex[:8]}"
-    async with AppRunner(create_ops_app(app_settings(production_database, tag))) as runner:
+    settings = app_settings(production_database, tag, reset_session_state=reset)
+    async with AppRunner(create_ops_app(settings)) as runner:
         warm_requests, warm_errors = await mixed(runner, 40, tag)
         killed = terminate(production_database, tag)
         requests, errors = await mixed(runner, 100, tag)
         leaked = checked_out(runner)
     report(
-        "killed-between-requests",
+        f"killed-between-requests[{'reset' if reset else 'ping'}]",
         killed_connections=killed,
         requests=warm_requests + requests,
         errors=warm_errors + errors,

@@ -2,8 +2,9 @@
 
 Each app has a pool of exactly one connection per engine, so the second request
 is guaranteed to borrow the connection the first one changed (the tests check the
-backend pid). ``reset_on_return`` (on by default) resets it on the way back to
-the pool; with it off, the change leaks (shown, so the setting is seen to matter).
+backend pid). ``reset_session_state`` (on by default) resets it before the pool
+hands the connection out again; with it off, the change leaks (shown, so the
+setting is seen to matter).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ async def test_session_state_does_not_leak_into_the_next_request(
         pool_size=1,
         max_overflow=0,
         startup_timeout=10,
-        reset_on_return=reset,
+        reset_session_state=reset,
     )
     prefix = "/probe/sync-" if engine == "sync" else "/probe/"
     async with AppRunner(create_ops_app(settings)) as runner:
@@ -75,4 +76,4 @@ async def test_session_state_does_not_leak_into_the_next_request(
     if reset:
         assert after == baseline
     else:
-        assert leaked  # what reset_on_return=false costs
+        assert leaked  # what reset_session_state=false costs

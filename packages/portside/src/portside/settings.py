@@ -187,12 +187,12 @@ class DatabaseSettings(BaseSettings):
             "mode: no named prepared statement outlives its transaction."
         ),
     )
-    reset_on_return: bool = Field(
+    reset_session_state: bool = Field(
         default=True,
         description=(
             "Reset a PostgreSQL connection's session state (SET parameters, role, temporary "
-            "tables, advisory locks) when it returns to the pool, so no request sees "
-            "another's."
+            "tables, LISTEN, advisory locks) before the pool hands it out again, so no "
+            "request sees another's."
         ),
     )
 

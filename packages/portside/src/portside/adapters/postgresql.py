@@ -11,10 +11,16 @@ Also, from the settings:
   psycopg never prepares (``prepare_threshold=None``); asyncpg keeps no statement
   cache (``statement_cache_size=0``, SQLAlchemy's ``prepared_statement_cache_size=0``)
   and names each statement uniquely, so two clients sharing a server connection
-  never collide. Pre-ping runs an unprepared ``SELECT``/``;`` either way.
-- ``reset_on_return``: a connection returning to the pool gets its session state
-  reset (:data:`RESET_SESSION_STATE`), so a request's ``SET``/``SET ROLE`` never
-  reaches the next request that borrows the same connection.
+  never collide. The checkout statement below is unprepared either way.
+- ``reset_session_state``: a connection's session state is reset
+  (:data:`RESET_SESSION_STATE`) before the pool hands it to the next unit of work, so
+  a request's ``SET``/``SET ROLE`` never reaches the next request that borrows the
+  same connection.
+
+Both happen in one round trip when a connection is checked out: the reset is the
+ping (a dead connection fails it and is replaced). Resetting on the way back to the
+pool instead would cost a second round trip, inside the time a request holds its
+connection, on every request.
 
 A read-only transaction error (SQLSTATE 25006: a primary demoted to a standby, a
 database switched to read-only) is treated like a lost connection: the pool is
@@ -36,7 +42,6 @@ from portside.adapters.base import AsyncAdapter, SyncAdapter
 if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.engine import URL, ExceptionContext
-    from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
     from portside.settings import DatabaseSettings
 
@@ -48,7 +53,7 @@ _LIBPQ_SSLMODE = "sslmode"
 #: SQLSTATE of "cannot execute ... in a read-only transaction".
 READ_ONLY_SQLSTATE = "25006"
 
-#: What ``reset_on_return`` runs when a connection returns to the pool, in one round
+#: What ``reset_session_state`` runs when a connection is checked out, in one round
 #: trip outside any transaction: ``DISCARD ALL`` minus ``DEALLOCATE ALL``,
 #: ``DISCARD PLANS`` and ``DISCARD SEQUENCES``, which would pull prepared statements
 #: from under asyncpg's and psycopg's statement caches.
@@ -56,6 +61,8 @@ RESET_SESSION_STATE = (
     "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
     "SELECT pg_advisory_unlock_all(); DISCARD TEMP"
 )
+#: The checkout statement when only the pre-ping is wanted.
+PING = "SELECT 1"
 
 
 def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
@@ -68,44 +75,38 @@ def _unique_statement_name() -> str:
     return f"__asyncpg_{uuid.uuid4().hex}__"
 
 
-def _ping_on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-    """asyncpg's pre-ping in one round trip (SQLAlchemy's own takes three).
-
-    The driver's execute with no arguments uses the simple protocol: nothing is
-    prepared, so it is safe behind PgBouncer too. A failure makes the pool replace
-    the connection, as pre-ping does.
-    """
-    try:
-        await_(dbapi_connection.driver_connection.execute("SELECT 1"))
-    except Exception as exc:
-        raise DisconnectionError("pre-ping failed; replacing the connection") from exc
+def checkout_statement(settings: DatabaseSettings) -> str | None:
+    """What runs when a connection is checked out: the reset, the ping, or nothing."""
+    if settings.reset_session_state:
+        return RESET_SESSION_STATE
+    return PING if settings.pool_pre_ping else None
 
 
 def _configure(engine: Engine, settings: DatabaseSettings, *, asyncpg: bool) -> None:
     event.listen(engine, "handle_error", _read_only_is_a_disconnect)
-    if asyncpg and settings.pool_pre_ping:
-        event.listen(engine, "checkout", _ping_on_checkout)
-    if not settings.reset_on_return:
+    statement = checkout_statement(settings)
+    if statement is None:
         return
 
-    def reset(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
-        # Runs before the pool's own rollback; a failure here invalidates the connection.
-        if state.terminate_only or not state.asyncio_safe:
-            return
-        if not state.transaction_was_reset:
-            dbapi_connection.rollback()  # RESET inside a transaction would roll back too
-        if asyncpg:
-            # The driver's own execute with no arguments: simple protocol, no prepare,
-            # and outside a transaction now that the adapter has rolled back.
-            await_(dbapi_connection.driver_connection.execute(RESET_SESSION_STATE))
-        else:
-            dbapi_connection.autocommit = True
-            try:
-                dbapi_connection.execute(RESET_SESSION_STATE)
-            finally:
-                dbapi_connection.autocommit = False
+    def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # The driver's own execute with no arguments: the simple protocol, nothing
+        # prepared (safe behind PgBouncer), outside any transaction. A failure makes
+        # the pool replace the connection, as pre-ping does.
+        try:
+            if asyncpg:
+                await_(dbapi_connection.driver_connection.execute(statement))
+            else:
+                dbapi_connection.autocommit = True
+                try:
+                    dbapi_connection.execute(statement)
+                finally:
+                    dbapi_connection.autocommit = False
+        except Exception as exc:
+            raise DisconnectionError(
+                "the connection failed its checkout check; replacing it"
+            ) from exc
 
-    event.listen(engine, "reset", reset)
+    event.listen(engine, "checkout", on_checkout)
 
 
 class PostgreSQLAdapter(SyncAdapter):
@@ -114,6 +115,7 @@ class PostgreSQLAdapter(SyncAdapter):
     def engine_options(self) -> dict[str, Any]:
         """Pool knobs from the settings plus psycopg's connect timeout (whole seconds)."""
         options = super().engine_options() | self.pooling_options()
+        options["pool_pre_ping"] = False  # done by the checkout statement
         options["connect_args"] = {
             "connect_timeout": max(1, math.ceil(self.settings.connect_timeout))
         }
@@ -121,8 +123,13 @@ class PostgreSQLAdapter(SyncAdapter):
             options["connect_args"]["prepare_threshold"] = None
         return options
 
+    @property
+    def pings_on_checkout(self) -> bool:
+        """Whether the checkout statement (ping or reset) runs."""
+        return checkout_statement(self.settings) is not None
+
     def configure(self, engine: Engine) -> None:
-        """Treat read-only errors as disconnects; reset session state on return."""
+        """Treat read-only errors as disconnects; ping and reset on checkout."""
         _configure(engine, self.settings, asyncpg=False)
 
 
@@ -145,7 +152,7 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
     def engine_options(self) -> dict[str, Any]:
         """Pool knobs from the settings plus asyncpg's connect timeout."""
         options = super().engine_options() | self.pooling_options()
-        options["pool_pre_ping"] = False  # replaced by _ping_on_checkout
+        options["pool_pre_ping"] = False  # done by the checkout statement
         options["connect_args"] = {"timeout": self.settings.connect_timeout}
         if self._server_settings:
             options["connect_args"]["server_settings"] = self._server_settings
@@ -161,11 +168,11 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
 
     @property
     def pings_on_checkout(self) -> bool:
-        """Pre-ping runs as portside's one-round-trip checkout listener."""
-        return self.settings.pool_pre_ping
+        """Whether the checkout statement (ping or reset) runs."""
+        return checkout_statement(self.settings) is not None
 
     def configure(self, engine: Engine) -> None:
-        """Treat read-only errors as disconnects; reset session state on return."""
+        """Treat read-only errors as disconnects; ping and reset on checkout."""
         _configure(engine, self.settings, asyncpg=True)
 
 
