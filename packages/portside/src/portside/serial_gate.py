@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 import anyio
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from portside.event_loop import on_event_loop_thread
+
+_FIRST_POLL_INTERVAL = 0.0005
 _MAX_POLL_INTERVAL = 0.005
 
 
 class SerialGate:
     """A lock usable from the event loop and from worker threads alike.
+
+    Units on the event loop take turns first come, first served, and a release on
+    the event loop hands the gate to the next of them at once. A release in a
+    worker thread cannot wake them (events belong to the loop): they notice it by
+    polling, at most every 5 ms.
 
     ``timeout`` mirrors the pool timeout: waiting longer raises SQLAlchemy's pool
     ``TimeoutError``, which integrations already answer with 503.
@@ -28,6 +37,7 @@ class SerialGate:
     def __init__(self, timeout: float) -> None:
         self._lock = threading.Lock()
         self._timeout = timeout
+        self._waiting: deque[anyio.Event] = deque()  # event-loop waiters, in order
 
     def _timed_out(self) -> PoolTimeoutError:
         return PoolTimeoutError(
@@ -43,17 +53,38 @@ class SerialGate:
     async def acquire(self) -> None:
         """Wait without blocking the event loop until the gate is ours.
 
-        Polls, because the holder may be a worker thread: parking a thread of the
-        shared pool per waiter could starve the holder of the thread it needs to end.
+        Never parks a thread of the shared pool per waiter: that could starve the
+        holder, if it is a worker thread, of the thread it needs to finish.
         """
+        if not self._waiting and self._lock.acquire(blocking=False):
+            return
         deadline = time.monotonic() + self._timeout
-        interval = 0.0005
-        while not self._lock.acquire(blocking=False):
-            if time.monotonic() >= deadline:
-                raise self._timed_out()
-            await anyio.sleep(interval)
-            interval = min(interval * 2, _MAX_POLL_INTERVAL)
+        interval = _FIRST_POLL_INTERVAL
+        turn = anyio.Event()
+        self._waiting.append(turn)
+        acquired = False
+        try:
+            while True:
+                if self._waiting[0] is turn and self._lock.acquire(blocking=False):
+                    acquired = True
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._timed_out()
+                with anyio.move_on_after(min(interval, remaining)):
+                    await turn.wait()
+                if turn.is_set():  # woken, but a worker thread may have been faster
+                    index = self._waiting.index(turn)
+                    turn = self._waiting[index] = anyio.Event()
+                else:
+                    interval = min(interval * 2, _MAX_POLL_INTERVAL)
+        finally:
+            self._waiting.remove(turn)
+            if not acquired and self._waiting and not self._lock.locked():
+                self._waiting[0].set()  # leaving the head of the line: the next one's turn
 
     def release(self) -> None:
         """Let the next unit of work in."""
         self._lock.release()
+        if self._waiting and on_event_loop_thread():
+            self._waiting[0].set()

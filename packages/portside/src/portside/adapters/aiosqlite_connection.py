@@ -147,6 +147,7 @@ class BufferedCursor:
         # On the connection's thread.
         self._close_now()
         self._rows.clear()
+        self.description, self.rowcount = None, -1
         cursor = self._connection._conn.cursor()
         try:
             getattr(cursor, method)(*args)
