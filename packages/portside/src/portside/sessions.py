@@ -10,8 +10,6 @@ will ever return.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session as _SQLModelSession
 from sqlmodel.ext.asyncio.session import AsyncSession as _SQLModelAsyncSession
@@ -47,12 +45,9 @@ class Session(_SQLModelSession):
 class AsyncSession(_SQLModelAsyncSession):
     """A SQLModel ``AsyncSession`` that cannot be used after its unit of work ended."""
 
+    # SQLAlchemy builds the wrapped session from this class attribute.
     sync_session_class: type[Session] = Session
     sync_session: Session
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("sync_session_class", Session)
-        super().__init__(*args, **kwargs)
 
     def mark_ended(self) -> None:
         """Make every later use raise :class:`~portside.errors.UnitOfWorkEndedError`."""
