@@ -87,7 +87,7 @@ class AiosqliteConnection(aiosqlite.Connection):
         return (
             self._connection is not None
             and self._queued == self._finished
-            and not self._connection.in_transaction
+            and not self._in_transaction()
         )
 
     async def commit(self) -> None:
