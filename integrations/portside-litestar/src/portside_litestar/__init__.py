@@ -1,18 +1,25 @@
-"""Litestar integration for portside: one plugin, two DI providers, a readiness route.
+"""Litestar integration for portside: one plugin, DI providers, the lifecycle.
 
 :class:`PortsidePlugin` builds the engines when the app starts (a new
 :class:`portside.Lifecycle` each time, kept on ``app.state``), disposes them when it
 stops, and gives every request one unit of work that commits *before* the response
 starts (and rolls back on errors and statuses >= 400)::
 
+    from contextlib import asynccontextmanager
+
     from litestar import Litestar, post
     from sqlmodel import Field, SQLModel
 
-    from portside import DatabaseSettings
+    from portside import DatabaseSettings, Lifecycle
     from portside_litestar import AsyncSessionDep, PortsidePlugin
 
     class Visit(SQLModel, table=True):
         id: int | None = Field(default=None, primary_key=True)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar, lifecycle: Lifecycle):
+        await lifecycle.database().create_all(SQLModel.metadata)
+        yield
 
     @post("/visits")
     async def add_visit(db_session: AsyncSessionDep) -> dict[str, int | None]:
@@ -23,65 +30,80 @@ starts (and rolls back on errors and statuses >= 400)::
 
     app = Litestar(
         [add_visit],
-        plugins=[PortsidePlugin(DatabaseSettings(url="sqlite:///app.db"))],
+        plugins=[PortsidePlugin(DatabaseSettings(url="sqlite:///app.db"), lifespan=lifespan)],
     )
 
-Sync handlers take ``sync_db_session: SessionDep`` and are declared with
-``sync_to_thread=True``. Another database's session comes from :func:`provide_session`:
-``dependencies={"analytics_session": provide_session("analytics")}``.
+Litestar injects by parameter name: the plugin provides ``db_session`` (async),
+``sync_db_session`` (for handlers declared ``sync_to_thread=True``; used on the event
+loop it raises :class:`~portside.BlockingSessionError`) and ``lifecycle``, each
+annotated with :data:`AsyncSessionDep`, :data:`SessionDep`, :data:`LifecycleDep`
+(the keys are configurable). Another database's session comes from
+:func:`async_session_dependency` / :func:`session_dependency`:
+``dependencies={"analytics_session": async_session_dependency("analytics")}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, cast
 
 from litestar import Litestar, Request, Response, get
 from litestar.config.app import AppConfig
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions.responses import create_debug_response, create_exception_response
 from litestar.middleware import DefineMiddleware
 from litestar.plugins import InitPlugin
 from litestar.types import Scope
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from portside import (
     AsyncSession,
-    DatabaseSettings,
+    Databases,
     Lifecycle,
     LifecycleStateError,
     Session,
-    ShuttingDownError,
     is_database_unavailable,
     readiness,
 )
 from portside.asgi import (
+    DATABASE_ERRORS,
     LIFECYCLE_STATE_KEY,
     UnitOfWorkMiddleware,
     error_response,
     unit_of_work_from_scope,
 )
 
-__all__ = ["AsyncSessionDep", "PortsidePlugin", "SessionDep", "get_lifecycle", "provide_session"]
+__all__ = [
+    "AsyncSessionDep",
+    "LifecycleDep",
+    "PortsidePlugin",
+    "SessionDep",
+    "async_session_dependency",
+    "get_lifecycle",
+    "session_dependency",
+]
 
-Databases = DatabaseSettings | Mapping[str, DatabaseSettings] | None
+#: The app's own lifespan, run inside portside's with the running lifecycle.
+Lifespan = Callable[[Litestar, Lifecycle], AbstractAsyncContextManager[None]]
 
 # Litestar deprecates dependencies inferred from a bare type: these mark them.
 #: Annotation of a handler parameter receiving an async session (``db_session: AsyncSessionDep``).
 AsyncSessionDep = NamedDependency[AsyncSession]
 #: Annotation of a sync handler's parameter receiving a sync session.
 SessionDep = NamedDependency[Session]
+#: Annotation of a handler parameter receiving the running lifecycle (``lifecycle``).
+LifecycleDep = NamedDependency[Lifecycle]
 
 
-def get_lifecycle(app: Litestar) -> Lifecycle:
-    """The running :class:`~portside.Lifecycle` of ``app``, e.g. for a background task.
+def get_lifecycle(source: ASGIConnection[Any, Any, Any, Any] | Litestar) -> Lifecycle:
+    """The running :class:`~portside.Lifecycle`, from a request, a websocket or the app.
 
-    Work that runs after the response (background tasks, streaming bodies) opens its
-    own unit of work: ``async with get_lifecycle(app).async_session() as session:``.
+    Work outside a request's unit of work (a websocket message, a background task)
+    opens its own: ``async with get_lifecycle(socket).async_session() as session:``.
     """
+    app = source.app if isinstance(source, ASGIConnection) else source
     lifecycle: Lifecycle | None = app.state.get(LIFECYCLE_STATE_KEY)
     if lifecycle is None:
         raise LifecycleStateError(
@@ -95,20 +117,37 @@ def _lifecycle_of_scope(scope: Mapping[str, Any]) -> Lifecycle:
     return get_lifecycle(scope["litestar_app"])
 
 
-def provide_session(database: str | None = None, *, sync: bool = False) -> Provide:
-    """A DI provider of the request's session of ``database`` (default: the first).
+def async_session_dependency(name: str | None = None) -> Provide:
+    """A DI provider of the request's async session of database ``name`` (default: first).
 
-    The provider is async and does no I/O (the session connects on first use), so
-    Litestar runs it on the event loop; a ``sync=True`` session must only be used by
-    handlers declared with ``sync_to_thread=True``.
+    The provider does no I/O (the session connects on first use). A websocket has no
+    request session: it opens a unit per message (see :func:`get_lifecycle`).
     """
 
-    async def provide(scope: Scope) -> AsyncSession | Session:
+    async def provide(scope: Scope) -> AsyncSession:
         # The core types ASGI scopes as plain mappings, Litestar as TypedDicts.
         unit = unit_of_work_from_scope(cast("MutableMapping[str, Any]", scope))
-        return await (unit.session(database) if sync else unit.async_session(database))
+        return await unit.async_session(name)
 
     return Provide(provide)
+
+
+def session_dependency(name: str | None = None) -> Provide:
+    """A DI provider of the request's sync session of database ``name`` (default: first).
+
+    Runs on the event loop and does no I/O; the session must only be used by
+    handlers declared with ``sync_to_thread=True`` (on the loop it raises).
+    """
+
+    async def provide(scope: Scope) -> Session:
+        unit = unit_of_work_from_scope(cast("MutableMapping[str, Any]", scope))
+        return await unit.session(name)
+
+    return Provide(provide)
+
+
+async def _provide_lifecycle(scope: Scope) -> Lifecycle:
+    return get_lifecycle(scope["litestar_app"])
 
 
 def _database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -123,44 +162,52 @@ def _database_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return create_exception_response(request, exc)
 
 
-async def _health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+async def _readiness(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     status, body = readiness(await get_lifecycle(request.app).ping())
     return Response(body, status_code=status)
 
 
 @dataclass(eq=False)  # plugins are hashed by identity
 class PortsidePlugin(InitPlugin):
-    """Give a Litestar app portside's engines, units of work and readiness route.
+    """Give a Litestar app portside's databases, units of work and readiness route.
 
     ``databases`` is one :class:`~portside.DatabaseSettings`, a mapping of names to
     settings (the first is the default), or ``None`` to read ``DATABASE_*`` from the
-    environment at each startup. A dependency key or ``health_path`` set to ``None``
-    is not registered; ``commit_redirects=False`` rolls back 3xx responses. The app's
-    own lifespans and ``on_startup`` hooks may use the databases; Litestar runs
-    ``on_shutdown`` hooks after every lifespan has exited, when the engines are gone.
+    environment at each start. ``lifespan(app, lifecycle)`` is your own lifespan: it
+    runs once the databases answer (e.g. to create tables); the app's other
+    lifespans and ``on_startup`` hooks run inside portside's too (Litestar runs
+    ``on_shutdown`` hooks after every lifespan has exited, when the engines are
+    gone). ``readiness_path=None`` adds no readiness route, a dependency key set to
+    ``None`` is not registered, ``commit_redirects=False`` rolls back 3xx responses.
     """
 
     databases: Databases = None
     _: KW_ONLY
+    lifespan: Lifespan | None = None
+    readiness_path: str | None = "/health"
+    commit_redirects: bool = True
     session_dependency_key: str | None = "db_session"
     sync_session_dependency_key: str | None = "sync_db_session"
-    health_path: str | None = "/health"
-    commit_redirects: bool = True
+    lifecycle_dependency_key: str | None = "lifecycle"
 
     @asynccontextmanager
-    async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
+    async def _app_lifespan(self, app: Litestar) -> AsyncIterator[None]:
         """Run a new :class:`~portside.Lifecycle` for one start of ``app``."""
         async with Lifecycle(self.databases) as lifecycle:
             app.state[LIFECYCLE_STATE_KEY] = lifecycle
             try:
-                yield
+                if self.lifespan is None:
+                    yield
+                else:
+                    async with self.lifespan(app, lifecycle):
+                        yield
             finally:
                 del app.state[LIFECYCLE_STATE_KEY]
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         """Add the lifespan, the middleware, the providers and the readiness route."""
         # First, so the app's own lifespans and on_startup hooks can use the databases.
-        app_config.lifespan.insert(0, self.lifespan)
+        app_config.lifespan.insert(0, self._app_lifespan)
         # Outermost, so the commit decision reads the status the client will get. Litestar
         # puts an ExceptionHandlerMiddleware between any middleware and the handler: an
         # exception a handler raises (HTTPException included) becomes its error response
@@ -175,16 +222,18 @@ class PortsidePlugin(InitPlugin):
                 commit_redirects=self.commit_redirects,
             ),
         )
-        for exc_type in (DBAPIError, PoolTimeoutError, ShuttingDownError):
+        for exc_type in DATABASE_ERRORS:
             app_config.exception_handlers.setdefault(exc_type, _database_error)
-        if self.session_dependency_key:
-            app_config.dependencies.setdefault(self.session_dependency_key, provide_session())
-        if self.sync_session_dependency_key:
-            app_config.dependencies.setdefault(
-                self.sync_session_dependency_key, provide_session(sync=True)
-            )
-        if self.health_path is not None:
+        providers = {
+            self.session_dependency_key: async_session_dependency(),
+            self.sync_session_dependency_key: session_dependency(),
+            self.lifecycle_dependency_key: Provide(_provide_lifecycle),
+        }
+        for key, provider in providers.items():
+            if key is not None:
+                app_config.dependencies.setdefault(key, provider)
+        if self.readiness_path is not None:
             app_config.route_handlers.append(
-                get(self.health_path, include_in_schema=False, cache=False)(_health)
+                get(self.readiness_path, include_in_schema=False, cache=False)(_readiness)
             )
         return app_config

@@ -1,154 +1,199 @@
-"""Starlette integration for portside: a lifespan, a middleware and session accessors.
+"""Starlette integration for portside: one ``install``, session accessors, the lifecycle.
 
-The lifespan builds the engines at startup (into lifespan state) and disposes them
-at shutdown; the middleware commits each request's unit of work *before* the
-response starts (and rolls it back for a status >= 400 or an exception); an
-endpoint asks for its request's session, which is opened only then::
+:func:`install` wires everything into an app: a new :class:`~portside.Lifecycle` per
+start (engines built and checked before the app serves, drained and disposed
+after), the unit of work *outermost* (it commits before the response starts and
+turns a failed commit into a 5xx; a status >= 400 or an exception rolls back), 503
+answers for a database that cannot serve, and a readiness route::
+
+    from contextlib import asynccontextmanager
 
     from sqlmodel import Field, SQLModel
     from starlette.applications import Starlette
-    from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
     import portside_starlette
-    from portside import DatabaseSettings
-    from portside_starlette import UnitOfWorkMiddleware, lifespan, readiness
+    from portside import DatabaseSettings, Lifecycle
 
     class Hero(SQLModel, table=True):
         id: int | None = Field(default=None, primary_key=True)
         name: str
 
     async def create_hero(request: Request) -> JSONResponse:
-        session = await portside_starlette.async_session(request)
         hero = Hero.model_validate(await request.json())
+        session = await portside_starlette.async_session(request)
         session.add(hero)  # committed before the client sees the 201
         await session.flush()
         return JSONResponse(hero.model_dump(), status_code=201)
 
-    app = Starlette(
-        routes=[Route("/heroes", create_hero, methods=["POST"]), Route("/health", readiness)],
-        middleware=[Middleware(UnitOfWorkMiddleware)],
-        lifespan=lifespan(DatabaseSettings(url="sqlite:///heroes.db")),
-    )
+    @asynccontextmanager
+    async def lifespan(app: Starlette, lifecycle: Lifecycle):
+        await lifecycle.database().create_all(SQLModel.metadata)
+        yield
 
-Sync code uses a sync session, and only in a worker thread. In an ``async def``
-endpoint (which can read the request body): ``session = await
-portside_starlette.session(request)``, then ``await run_in_threadpool(work,
-session)``. In a ``def`` endpoint (Starlette runs it in a worker thread):
-``session = portside_starlette.session_from_thread(request)``.
+    app = Starlette(routes=[Route("/heroes", create_hero, methods=["POST"])])
+    portside_starlette.install(app, DatabaseSettings(url="sqlite:///heroes.db"), lifespan=lifespan)
+
+Sync code gets ``await portside_starlette.session(request)`` and uses it in a worker
+thread (``run_in_threadpool``); a ``def`` endpoint, which Starlette runs in a worker
+thread, uses :func:`session_from_thread`. A sync session used on the event loop
+raises :class:`~portside.BlockingSessionError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.from_thread
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 import portside
-from portside import AsyncSession, ConfigurationError, DatabaseSettings, Lifecycle, Session
+from portside import AsyncSession, Databases, Lifecycle, LifecycleStateError, Session
 from portside.asgi import (
+    DATABASE_ERRORS,
+    LifecycleLifespan,
     UnitOfWorkMiddleware,
-    has_unit_of_work_middleware,
+    error_response,
     lifecycle_from_state,
     lifespan_state,
     unit_of_work_from_scope,
 )
 
 __all__ = [
-    "UnitOfWorkMiddleware",
     "async_session",
-    "lifecycle",
-    "lifespan",
+    "get_lifecycle",
+    "install",
     "readiness",
     "session",
     "session_from_thread",
 ]
 
-#: An app's own lifespan, as ``Starlette(lifespan=...)`` takes it (state or none).
-AppLifespan = Callable[[Starlette], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+AppT = TypeVar("AppT", bound=Starlette)
+#: The app's own lifespan, run inside portside's with the running lifecycle.
+Lifespan = Callable[[AppT, Lifecycle], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 
-_MISSING_MIDDLEWARE = (
-    "portside_starlette.lifespan() needs portside's middleware, which commits each "
-    "request before its response starts. Add it to the app:\n\n"
-    "    Starlette(..., middleware=[Middleware(portside_starlette.UnitOfWorkMiddleware)])\n"
-)
+_APP_STATE_KEY = "portside_lifecycle"
 
 
-def lifespan(
-    databases: DatabaseSettings | Mapping[str, DatabaseSettings] | None = None,
+def install(
+    app: AppT,
+    databases: Databases = None,
     *,
-    wrap: AppLifespan | None = None,
-) -> Callable[[Starlette], AbstractAsyncContextManager[dict[str, Any]]]:
-    """A lifespan for ``Starlette(lifespan=...)`` owning the app's databases.
+    lifespan: Lifespan[AppT] | None = None,
+    readiness_path: str | None = "/health",
+    commit_redirects: bool = True,
+) -> None:
+    """Give ``app`` portside's databases, units of work and readiness route.
 
     ``databases`` is one :class:`~portside.DatabaseSettings` (named ``"default"``), a
     mapping of names to settings (the first is the default), or ``None`` to read
-    ``DATABASE_*`` from the environment at each startup. Every startup builds a new
-    :class:`~portside.Lifecycle` and puts it in lifespan state (never in a global),
-    so two apps, or one app started again, each get their own engines.
+    ``DATABASE_*`` from the environment at each start. ``lifespan(app, lifecycle)``
+    is your own lifespan: it runs once the databases answer (e.g. to create tables)
+    and may yield state; a lifespan given to ``Starlette(lifespan=...)`` keeps
+    running too, inside portside's. ``readiness_path=None`` adds no readiness route;
+    ``commit_redirects=False`` rolls back 3xx responses.
 
-    ``wrap`` is the app's own lifespan: it runs inside ours (databases ready) and
-    the state it yields joins ours. Startup fails with
-    :class:`~portside.ConfigurationError` if the app lacks
-    :class:`UnitOfWorkMiddleware`, and with :class:`~portside.StartupError` if a
-    database does not answer.
+    Call it once, before the app serves its first request.
     """
+    if hasattr(app.state, _APP_STATE_KEY) or app.middleware_stack is not None:
+        raise LifecycleStateError(
+            "portside install() must be called once per app, before the app has started."
+        )
+    setattr(app.state, _APP_STATE_KEY, None)
+    original_lifespan = app.router.lifespan_context
 
     @asynccontextmanager
-    async def portside_lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        # Only a Starlette app lists its middleware; a bare Router wraps its own.
-        if isinstance(app, Starlette) and not has_unit_of_work_middleware(
-            m.cls for m in app.user_middleware
-        ):
-            raise ConfigurationError(_MISSING_MIDDLEWARE)
-        async with lifespan_state(databases, wrap(app) if wrap else None) as state:
+    async def keep_on_app(lifecycle: Lifecycle) -> AsyncIterator[None]:
+        setattr(app.state, _APP_STATE_KEY, lifecycle)
+        try:
+            yield
+        finally:
+            setattr(app.state, _APP_STATE_KEY, None)
+
+    @asynccontextmanager
+    async def portside_lifespan(asgi_app: Any) -> AsyncIterator[dict[str, Any]]:
+        inner: list[LifecycleLifespan] = [keep_on_app, lambda _: original_lifespan(asgi_app)]
+        if lifespan is not None:
+            inner.append(lambda lifecycle: lifespan(app, lifecycle))
+        async with lifespan_state(databases, *inner) as state:
             yield state
 
-    return portside_lifespan
+    app.router.lifespan_context = portside_lifespan
+    build_stack = app.build_middleware_stack
+
+    def build_with_unit_of_work() -> Any:
+        # Outermost, outside Starlette's ServerErrorMiddleware: the commit decision
+        # then reads the status the client really gets, whichever handler made it.
+        return UnitOfWorkMiddleware(build_stack(), commit_redirects=commit_redirects)
+
+    app.build_middleware_stack = build_with_unit_of_work  # type: ignore[method-assign]
+    for exc_type in DATABASE_ERRORS:
+        if exc_type not in app.exception_handlers:
+            app.add_exception_handler(exc_type, _database_error)
+    if readiness_path is not None:
+        app.add_route(readiness_path, readiness, include_in_schema=False)
 
 
-def lifecycle(request: Request) -> Lifecycle:
-    """The running lifecycle, e.g. for a background task's own unit of work."""
-    return lifecycle_from_state(request.scope)
+def get_lifecycle(source: HTTPConnection | Starlette) -> Lifecycle:
+    """The running :class:`~portside.Lifecycle`, from a request, a websocket or the app.
+
+    Work outside a request's unit of work (a websocket message, a background task)
+    opens its own: ``async with get_lifecycle(websocket).async_session() as session:``.
+    """
+    if isinstance(source, HTTPConnection):
+        return lifecycle_from_state(source.scope)
+    lifecycle = getattr(source.state, _APP_STATE_KEY, None)
+    if not isinstance(lifecycle, Lifecycle):
+        raise LifecycleStateError(
+            "This app has no running portside lifecycle: install portside on it "
+            "(portside_starlette.install(app, ...) or portside_fastapi.install(app, ...)) "
+            "and run its lifespan (a server, or `with TestClient(app):` in tests)."
+        )
+    return lifecycle
 
 
-async def async_session(request: Request, name: str | None = None) -> AsyncSession:
+async def async_session(connection: HTTPConnection, name: str | None = None) -> AsyncSession:
     """The request's async session for database ``name`` (``None``: the default).
 
-    Asking again in the same request gives the same session.
+    Asking again in the same request gives the same session. A websocket has no
+    request session: it opens a unit per message (see :func:`get_lifecycle`).
     """
-    return await unit_of_work_from_scope(request.scope).async_session(name)
+    return await unit_of_work_from_scope(connection.scope).async_session(name)
 
 
-async def session(request: Request, name: str | None = None) -> Session:
+async def session(connection: HTTPConnection, name: str | None = None) -> Session:
     """The request's sync session for database ``name``, asked for on the event loop.
 
-    Does no I/O itself; use the session only in a worker thread, e.g. ``await
-    run_in_threadpool(work, session)``, never on the event loop.
+    Use it only in a worker thread, e.g. ``await run_in_threadpool(work, session)``:
+    on the event loop it raises at its first query.
     """
-    return await unit_of_work_from_scope(request.scope).session(name)
+    return await unit_of_work_from_scope(connection.scope).session(name)
 
 
-def session_from_thread(request: Request, name: str | None = None) -> Session:
-    """:func:`session` for a ``def`` endpoint, which Starlette runs in a worker thread.
-
-    The session is handed out on the event loop, where the unit of work lives.
-    """
-    return anyio.from_thread.run(session, request, name)
+def session_from_thread(connection: HTTPConnection, name: str | None = None) -> Session:
+    """:func:`session` for a ``def`` endpoint, which Starlette runs in a worker thread."""
+    return anyio.from_thread.run(session, connection, name)
 
 
 async def readiness(request: Request) -> JSONResponse:
-    """Readiness endpoint: ping every database; 200 if all answer, else 503.
+    """Ping every database: 200 if all answer, else 503 naming the ones down.
 
-    Mount it where you like: ``Route("/health", readiness)``. The body lists each
-    database's status and pool counters, never a URL or secret.
+    :func:`install` mounts it at ``/health``; the body lists each database's
+    status and pool counters, never a URL or secret.
     """
-    status_code, body = portside.readiness(await lifecycle(request).ping())
+    status_code, body = portside.readiness(await get_lifecycle(request).ping())
+    return JSONResponse(body, status_code=status_code)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """503 for a database that cannot serve; anything else goes on to the 500 handler."""
+    status_code, body = error_response(exc)
+    if status_code != 503:
+        raise exc
     return JSONResponse(body, status_code=status_code)

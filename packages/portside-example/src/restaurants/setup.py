@@ -54,7 +54,7 @@ def seed_enabled() -> bool:
 
 async def prepare_database(lifecycle: Lifecycle, *, seed: bool) -> None:
     """Create missing tables, then with ``seed`` fill an empty database with samples."""
-    engine = lifecycle.database().require_async().engine
+    engine = lifecycle.database().async_engine
     async with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             # Several workers start at once: one creates, the others then find the tables.

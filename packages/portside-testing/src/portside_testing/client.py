@@ -10,18 +10,21 @@ back when the client exits, and leaks are checked just before.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol, cast
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlencode
 
-from portside import Lifecycle
-from portside.asgi import LIFECYCLE_STATE_KEY
-from portside.outer_transaction import active_outer_transaction
+from portside import Database, Lifecycle, SerialGate, current_binding, use_binding
 from portside_testing.asgi import AppRunner, ASGIApp, Response
 from portside_testing.leaks import check_for_leaks
+from portside_testing.outer_transaction import OuterTransaction
 
-__all__ = ["Client", "ClientFactory", "Response", "open_client"]
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["Client", "ClientFactory", "LifecycleRecorder", "Response", "open_client"]
 
 
 class Client:
@@ -121,18 +124,44 @@ async def open_client(app: Any, *, raise_app_exceptions: bool = True) -> AsyncIt
     :class:`~portside_testing.leaks.ConnectionLeakError` is raised after shutdown.
     """
     __tracebackhide__ = True  # pytest: a leak report points at the test, not here
-    outer = active_outer_transaction()
-    first = len(outer.lifecycles) if outer is not None else 0
-    runner = AppRunner(cast(ASGIApp, app))
-    async with runner:
-        if outer is not None:
-            lifecycles = outer.lifecycles[first:]
-        else:  # no test transaction: find the lifecycle the way the integrations store it
-            found = runner.state.get(LIFECYCLE_STATE_KEY)
-            lifecycles = [found] if isinstance(found, Lifecycle) else []
-        yield Client(runner, lifecycles, raise_app_exceptions=raise_app_exceptions)
-        await runner.wait_idle()  # requests whose client hung up may still be running
-        check_for_leaks(lifecycles, when="when the client exited")
+    binding = current_binding()
+    recorder = binding if isinstance(binding, OuterTransaction) else LifecycleRecorder()
+    first = len(recorder.lifecycles)
+    with ExitStack() as stack:
+        if recorder is not binding:
+            stack.enter_context(use_binding(recorder))
+        async with AppRunner(cast(ASGIApp, app)) as runner:
+            lifecycles = recorder.lifecycles[first:]
+            yield Client(runner, lifecycles, raise_app_exceptions=raise_app_exceptions)
+            await runner.wait_idle()  # requests whose client hung up may still be running
+            check_for_leaks(lifecycles, when="when the client exited")
+
+
+class LifecycleRecorder:
+    """A binding that changes nothing but remembers the lifecycles started under it.
+
+    The client uses it outside the test kit's transaction, so it finds the app's
+    lifecycle on every framework, wherever the integration keeps it.
+    """
+
+    gate: SerialGate | None = None
+
+    def __init__(self) -> None:
+        self.lifecycles: list[Lifecycle] = []
+
+    def lifecycle_started(self, lifecycle: Lifecycle) -> None:
+        """Remember ``lifecycle``."""
+        self.lifecycles.append(lifecycle)
+
+    async def async_connection(self, engine: AsyncEngine) -> None:
+        """Sessions use the pool."""
+
+    def sync_connection(self, engine: Engine) -> None:
+        """Sessions use the pool."""
+
+    async def lifecycle_stopping(self, databases: Sequence[Database]) -> list[str]:
+        """Nothing to let go of."""
+        return []
 
 
 class ClientFactory(Protocol):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from portside import Lifecycle
+from portside_testing.outer_transaction import OuterTransaction
 
 __all__ = ["ConnectionLeakError", "check_for_leaks", "find_leaks"]
 
@@ -41,19 +42,13 @@ def find_leaks(lifecycle: Lifecycle) -> list[str]:
         problems.append(
             f"{lifecycle.in_flight} unit(s) of work opened a session and never finished"
         )
-    outer = lifecycle.outer_transaction
+    outer = lifecycle.binding if isinstance(lifecycle.binding, OuterTransaction) else None
     for name in lifecycle.names:
         database = lifecycle.database(name)
-        engines = []
-        if database.sync is not None:
-            engines.append(("sync", database.sync.engine, database.sync.pool_status()))
-        if database.async_ is not None:
-            engines.append(
-                ("async", database.async_.engine.sync_engine, database.async_.pool_status())
-            )
-        for kind, engine, status in engines:
+        for kind, status in database.pool_status().items():
             if status.checked_out is None:  # a pool that does not count
                 continue
+            engine = database.engine if kind == "sync" else database.async_engine.sync_engine
             held = outer.held_connections(engine) if outer is not None else 0
             leaked = status.checked_out - held
             if leaked > 0:

@@ -13,7 +13,7 @@ every test that asks for them:
 ``portside_tables``
     Makes sure those tables exist (created once per session, dropped at its end).
 ``portside_transaction``
-    The test's :class:`~portside.outer_transaction.OuterTransaction`: every
+    The test's :class:`~portside_testing.OuterTransaction`: every
     :class:`~portside.Lifecycle` started during the test (an app's lifespan
     included) joins it, so everything committed is rolled back afterwards.
 ``portside_client``
@@ -50,10 +50,10 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlmodel import SQLModel
 
 from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
-from portside.outer_transaction import OuterTransaction
 from portside.urls import is_sqlite_memory
 from portside_testing.client import ClientFactory, open_client
 from portside_testing.leaks import check_for_leaks
+from portside_testing.outer_transaction import OuterTransaction
 from portside_testing.tables import TableRegistry
 
 __all__ = [
@@ -291,9 +291,9 @@ async def portside_async_session(
     it exists and see what it commits, and it sees what they commit. Its
     ``commit()`` releases a SAVEPOINT; everything is rolled back after the test.
     """
-    adapter = portside_lifecycle.database().require_async()
-    connection = await portside_transaction.async_connection(adapter.engine)
-    session = adapter.new_session(outer=connection)
+    port = portside_lifecycle.database().async_port()
+    connection = await portside_transaction.async_connection(port.engine)
+    session = port.new_session(writes=True, bind=connection)
     try:
         yield session
     finally:
@@ -311,9 +311,9 @@ async def portside_session(
     it directly in a plain ``def`` test, and only through a worker thread
     (``await anyio.to_thread.run_sync(...)``) in an async one.
     """
-    adapter = portside_lifecycle.database().require_sync()
-    connection = await portside_transaction.sync_connection(adapter.engine)
-    session = adapter.new_session(outer=connection)
+    port = portside_lifecycle.database().sync_port()
+    connection = await portside_transaction.sync_connection_async(port.engine)
+    session = port.new_session(writes=True, bind=connection)
     try:
         yield session
     finally:

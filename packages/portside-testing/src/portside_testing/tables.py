@@ -57,10 +57,10 @@ async def _in_transaction(
     """Run ``work`` in one committed transaction through a short-lived Lifecycle."""
     async with Lifecycle(settings) as lifecycle:
         database = lifecycle.database()
-        if database.async_ is not None:
-            async with database.async_.engine.begin() as connection:
+        if "async" in database.kinds:
+            async with database.async_engine.begin() as connection:
                 return await connection.run_sync(work, tables)
-        engine = database.require_sync().engine
+        engine = database.engine
 
         def blocking() -> T:
             with engine.begin() as connection:

@@ -8,11 +8,15 @@ drained and disposed at shutdown. No web framework is imported here.
 
 import logging
 
-from portside.adapters import AsyncAdapter, PoolStatus, SyncAdapter
+from portside.backends import Backend, register_backend
+from portside.binding import ConnectionBinding, current_binding, use_binding
+from portside.database import Database
 from portside.errors import (
+    BlockingSessionError,
     ConfigurationError,
     DriverMissingError,
     LifecycleStateError,
+    NoRequestSessionError,
     PortsideError,
     ShutdownError,
     ShuttingDownError,
@@ -21,8 +25,10 @@ from portside.errors import (
     is_database_unavailable,
 )
 from portside.health import DatabaseStatus, readiness
-from portside.lifecycle import Lifecycle
+from portside.lifecycle import Databases, Lifecycle
+from portside.pool_status import PoolStatus
 from portside.ports import AsyncSessionPort, SessionPort
+from portside.serial_gate import SerialGate
 from portside.sessions import AsyncSession, Session
 from portside.settings import DatabaseSettings
 from portside.unit_of_work import UnitOfWork
@@ -32,26 +38,34 @@ from portside.urls import mask_url
 logging.getLogger("portside").addHandler(logging.NullHandler())
 
 __all__ = [
-    "AsyncAdapter",
     "AsyncSession",
     "AsyncSessionPort",
+    "Backend",
+    "BlockingSessionError",
     "ConfigurationError",
+    "ConnectionBinding",
+    "Database",
     "DatabaseSettings",
     "DatabaseStatus",
+    "Databases",
     "DriverMissingError",
     "Lifecycle",
     "LifecycleStateError",
+    "NoRequestSessionError",
     "PoolStatus",
     "PortsideError",
+    "SerialGate",
     "Session",
     "SessionPort",
     "ShutdownError",
     "ShuttingDownError",
     "StartupError",
-    "SyncAdapter",
     "UnitOfWork",
     "UnitOfWorkEndedError",
+    "current_binding",
     "is_database_unavailable",
     "mask_url",
     "readiness",
+    "register_backend",
+    "use_binding",
 ]

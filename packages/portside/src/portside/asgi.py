@@ -24,18 +24,24 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Iterable,
     Mapping,
     MutableMapping,
 )
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from portside.errors import LifecycleStateError, is_database_unavailable
-from portside.lifecycle import Lifecycle
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from portside.errors import (
+    LifecycleStateError,
+    NoRequestSessionError,
+    PortsideError,
+    is_database_unavailable,
+)
+from portside.lifecycle import Databases, Lifecycle
 
 if TYPE_CHECKING:
-    from portside.settings import DatabaseSettings
     from portside.unit_of_work import UnitOfWork
 
 Scope = MutableMapping[str, Any]
@@ -49,6 +55,15 @@ LifecycleLookup = Callable[[Scope], "Lifecycle"]
 UNIT_OF_WORK_KEY = "portside.unit_of_work"
 #: Key of the lifecycle in lifespan state (and so in every request's ``scope["state"]``).
 LIFECYCLE_STATE_KEY = "portside.lifecycle"
+#: Exception types that may mean "the database cannot serve now": integrations
+#: register a handler for each that answers 503 when :func:`error_response` says so
+#: and lets anything else through (asyncpg raises bare ``OSError`` subclasses).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    DBAPIError,
+    PoolTimeoutError,
+    PortsideError,
+    OSError,
+)
 #: Methods whose units of work are hinted read-only (concurrent reads on SQLite).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
@@ -56,47 +71,66 @@ logger = logging.getLogger("portside")
 
 
 def lifecycle_from_state(scope: Scope) -> Lifecycle:
-    """Find the lifecycle the portside lifespan put into lifespan state."""
-    lifecycle: Lifecycle | None = (scope.get("state") or {}).get(LIFECYCLE_STATE_KEY)
-    if lifecycle is None:
-        raise LifecycleStateError(
-            "No portside lifecycle in this request's state. Is the app's lifespan "
-            "portside's (e.g. FastAPI(lifespan=portside_fastapi.lifespan(...))), and does "
-            "the server or test client run the lifespan and support lifespan state?"
-        )
-    return lifecycle
+    """Find the lifecycle a portside lifespan put into lifespan state.
 
-
-def has_unit_of_work_middleware(middleware_classes: Iterable[object]) -> bool:
-    """Whether an app's declared middleware includes :class:`UnitOfWorkMiddleware`.
-
-    Lifespans check this at startup: without the middleware, sessions would never
-    be committed, and failing loudly beats losing every write.
+    Lifespan state reaches every request and websocket of the app, and of the apps
+    mounted inside it, which is why a mounted app finds its outer app's lifecycle.
     """
-    return any(
-        isinstance(cls, type) and issubclass(cls, UnitOfWorkMiddleware)
-        for cls in middleware_classes
+    lifecycle: Lifecycle | None = (scope.get("state") or {}).get(LIFECYCLE_STATE_KEY)
+    if lifecycle is not None:
+        return lifecycle
+    if scope.get("root_path"):
+        raise LifecycleStateError(
+            f"No portside lifecycle for this request to the app mounted at "
+            f"{scope['root_path']!r}: the server runs only the outermost app's lifespan, "
+            "never a mounted app's, so the databases of portside installed on the "
+            "mounted app were never started. Install portside on the outer app instead "
+            "(e.g. portside_fastapi.install(outer_app, ...)); mounted apps then share it."
+        )
+    raise LifecycleStateError(
+        "No portside lifecycle in this request's state. Install portside on the app "
+        "(portside_fastapi.install(app, ...), portside_starlette.install(app, ...) or "
+        "Litestar(plugins=[PortsidePlugin(...)])), and run it with a server or test "
+        "client that runs the lifespan and supports lifespan state (uvicorn, hypercorn, "
+        "granian, `with TestClient(app):`)."
     )
+
+
+#: A lifespan that runs inside portside's and receives the running lifecycle.
+LifecycleLifespan = Callable[[Lifecycle], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 
 
 @asynccontextmanager
 async def lifespan_state(
-    databases: DatabaseSettings | Mapping[str, DatabaseSettings] | None,
-    app_lifespan: AbstractAsyncContextManager[Mapping[str, Any] | None] | None = None,
+    databases: Databases, *lifespans: LifecycleLifespan
 ) -> AsyncIterator[dict[str, Any]]:
-    """Run one app start: a new :class:`~portside.Lifecycle`, the app's own lifespan inside it.
+    """Run one app start: a new :class:`~portside.Lifecycle`, then ``lifespans`` inside it.
 
-    Yields the lifespan state to hand the server: the app lifespan's state, if any,
-    plus the lifecycle under :data:`LIFECYCLE_STATE_KEY`. A new lifecycle per start
-    means an app started again (as test clients do) gets fresh engines, and state
-    (not a module global) means two apps in one process never share them.
+    Each of ``lifespans`` is called with the running lifecycle and entered in
+    order (and exited in reverse); the state they yield is merged. Yields the
+    lifespan state to hand the server, with the lifecycle under
+    :data:`LIFECYCLE_STATE_KEY`. A new lifecycle per start means an app started
+    again (as test clients do) gets fresh engines, and state (not a module global)
+    means two apps in one process never share them.
     """
-    async with Lifecycle(databases) as lifecycle:
-        if app_lifespan is None:
-            yield {LIFECYCLE_STATE_KEY: lifecycle}
-            return
-        async with app_lifespan as app_state:
-            yield {**(app_state or {}), LIFECYCLE_STATE_KEY: lifecycle}
+    async with Lifecycle(databases) as lifecycle, AsyncExitStack() as stack:
+        state: dict[str, Any] = {}
+        for lifespan in lifespans:
+            own_state = await stack.enter_async_context(lifespan(lifecycle))
+            state.update(own_state or {})
+        state[LIFECYCLE_STATE_KEY] = lifecycle
+        yield state
+
+
+#: Why a websocket gets no request session, and what to do instead.
+WEBSOCKET_SESSION_MESSAGE = (
+    "A websocket has no request session: its connection can stay open for hours, and "
+    "a session held that long would keep a database connection (and its transaction) "
+    "from everyone else. Open a short unit of work per message instead:\n\n"
+    "    async with lifecycle.async_session() as session:\n"
+    "        ...  # committed when the block ends\n\n"
+    "with the lifecycle from your integration's get_lifecycle(websocket)."
+)
 
 
 def unit_of_work_from_scope(scope: Scope) -> UnitOfWork:
@@ -104,9 +138,12 @@ def unit_of_work_from_scope(scope: Scope) -> UnitOfWork:
     try:
         unit: UnitOfWork = scope[UNIT_OF_WORK_KEY]
     except KeyError:
+        if scope.get("type") == "websocket":
+            raise NoRequestSessionError(WEBSOCKET_SESSION_MESSAGE) from None
+        lifecycle_from_state(scope)  # says what is missing, if it is the lifecycle
         raise LifecycleStateError(
-            "This request has no portside unit of work: add portside's middleware to "
-            "the app (see the README of your framework's portside integration)."
+            "This request has no portside unit of work: install portside on the app "
+            "(see the README of your framework's portside integration)."
         ) from None
     return unit
 
@@ -154,7 +191,8 @@ class UnitOfWorkMiddleware:
         self._commit_below = 400 if commit_redirects else 300
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or UNIT_OF_WORK_KEY in scope:
+            # Not a request, or one an outer app's portside already gives a unit of work.
             await self.app(scope, receive, send)
             return
         unit = self._lifecycle(scope).unit_of_work(writes=scope["method"] not in SAFE_METHODS)

@@ -205,30 +205,30 @@ async def _inspect(lifecycle: Lifecycle, name: str, backend: str) -> dict[str, A
     """Server version, pragmas and effective pool settings of a running database."""
     database = lifecycle.database(name)
     probe = partial(_probe, backend=backend)
-    adapter: SyncAdapter | AsyncAdapter
-    if database.async_ is not None:
-        adapter = database.async_
-        adapter_options = adapter.engine_options()
-        async with database.async_.engine.connect() as connection:
+    if "async" in database.kinds:
+        async with database.async_engine.connect() as connection:
             facts = await connection.run_sync(probe)
+        port: object = database.async_port()
     else:
-        sync = adapter = database.require_sync()
-        adapter_options = sync.engine_options()
+        engine = database.engine
 
         def probe_sync() -> dict[str, Any]:
-            with sync.engine.connect() as connection:
+            with engine.connect() as connection:
                 return probe(connection)
 
         facts = await anyio.to_thread.run_sync(probe_sync)
+        port = database.sync_port()
     # The adapter's own engine options, not the raw settings: SQLite, for one,
     # turns pre-ping off whatever the settings say.
-    facts["pool"] = {
-        "size": adapter_options.get("pool_size"),
-        "max_overflow": adapter_options.get("max_overflow"),
-        "timeout": adapter_options.get("pool_timeout"),
-        "recycle": adapter_options.get("pool_recycle"),
-        "pre_ping": adapter.pings_on_checkout,
-    }
+    if isinstance(port, SyncAdapter | AsyncAdapter):
+        options = port.engine_options()
+        facts["pool"] = {
+            "size": options.get("pool_size"),
+            "max_overflow": options.get("max_overflow"),
+            "timeout": options.get("pool_timeout"),
+            "recycle": options.get("pool_recycle"),
+            "pre_ping": port.pings_on_checkout,
+        }
     return facts
 
 

@@ -52,6 +52,18 @@ class UnitOfWorkEndedError(PortsideError, InvalidRequestError):
     """
 
 
+class BlockingSessionError(PortsideError, RuntimeError):
+    """A sync session was used on an event loop's thread, where its I/O would block."""
+
+
+class NoRequestSessionError(PortsideError, RuntimeError):
+    """Code asked for a request's session where there is no request unit of work.
+
+    A websocket has no request to end its unit of work with; an app whose lifespan
+    never ran (a mounted sub-app) has no lifecycle to open one from.
+    """
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means "the database cannot serve now" rather than "bad request".
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from portside.adapters.base import PoolStatus
+from portside.pool_status import PoolStatus
 
 
 @dataclass(frozen=True, slots=True)

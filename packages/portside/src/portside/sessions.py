@@ -1,11 +1,15 @@
 """The session classes portside hands out.
 
 They are SQLModel's ``Session`` and ``AsyncSession`` (so ``session.exec(select(...))``
-works, and SQLAlchemy-only models work too) with one addition: once the unit of
-work that owns a session has ended, the session refuses further use with
-:class:`~portside.errors.UnitOfWorkEndedError`. A plain closed SQLAlchemy session
-silently begins a new transaction instead, checking out a connection that nobody
-will ever return.
+works, and SQLAlchemy-only models work too) with two additions:
+
+* once the unit of work that owns a session has ended, the session refuses further
+  use with :class:`~portside.errors.UnitOfWorkEndedError`. A plain closed SQLAlchemy
+  session silently begins a new transaction instead, checking out a connection that
+  nobody will ever return;
+* a *sync* session refuses to do I/O on an event loop's thread
+  (:class:`~portside.errors.BlockingSessionError`), where it would stall every
+  other request: for example a sync session asked for by an ``async def`` endpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session as _SQLModelSession
 from sqlmodel.ext.asyncio.session import AsyncSession as _SQLModelAsyncSession
 
-from portside.errors import UnitOfWorkEndedError
+from portside.errors import BlockingSessionError, UnitOfWorkEndedError
+from portside.event_loop import on_event_loop_thread
+
+__all__ = ["AsyncSession", "Session"]
 
 _ENDED_MESSAGE = (
     "This session belonged to a unit of work that has already ended (for a web "
@@ -23,9 +30,15 @@ _ENDED_MESSAGE = (
     "or a streaming body, must open its own unit of work, e.g. "
     "`async with lifecycle.async_session() as session: ...`."
 )
+_ON_EVENT_LOOP_MESSAGE = (
+    "A sync session was about to do I/O on the event loop's thread, which would stall "
+    "every other request while it waits for the database. Use it only in a worker "
+    "thread (a `def` endpoint, or `await anyio.to_thread.run_sync(work, session)`), "
+    "or use the async session in `async def` code."
+)
 
 
-class Session(_SQLModelSession):
+class _EndableSession(_SQLModelSession):
     """A SQLModel ``Session`` that cannot be used after its unit of work ended."""
 
     _portside_ended: bool = False
@@ -42,12 +55,22 @@ class Session(_SQLModelSession):
         self._portside_ended = True
 
 
+class Session(_EndableSession):
+    """portside's sync session: never used after its unit, never on an event loop."""
+
+    def _autobegin_t(self, begin: bool = False) -> SessionTransaction:
+        if on_event_loop_thread():
+            raise BlockingSessionError(_ON_EVENT_LOOP_MESSAGE)
+        return super()._autobegin_t(begin)
+
+
 class AsyncSession(_SQLModelAsyncSession):
     """A SQLModel ``AsyncSession`` that cannot be used after its unit of work ended."""
 
-    # SQLAlchemy builds the wrapped session from this class attribute.
-    sync_session_class: type[Session] = Session
-    sync_session: Session
+    # SQLAlchemy builds the wrapped session from this class attribute; it runs on the
+    # event loop's thread by design (in greenlets), so it is not a `Session`.
+    sync_session_class: type[_EndableSession] = _EndableSession
+    sync_session: _EndableSession
 
     def mark_ended(self) -> None:
         """Make every later use raise :class:`~portside.errors.UnitOfWorkEndedError`."""

@@ -86,11 +86,12 @@ class DatabaseSettings(BaseSettings):
         default=False,
         description="Log every SQL statement the engines run (for debugging, not production).",
     )
-    engines: Literal["both", "sync", "async"] = Field(
-        default="both",
+    engines: Literal["auto", "both", "sync", "async"] = Field(
+        default="auto",
         description=(
-            "Which engines to build for this database: both, only sync (which also works "
-            "under trio, as async SQLAlchemy runs on asyncio only), or only async."
+            "Which engines to build for this database: auto (each kind whose driver is "
+            "installed, the async one only under asyncio), both, only sync (which also "
+            "works under trio and needs no async driver), or only async."
         ),
     )
     pool_size: int = Field(

@@ -27,8 +27,10 @@ from portside.errors import LifecycleStateError
 from portside.event_loop import on_event_loop_thread
 
 if TYPE_CHECKING:
-    from portside.adapters import AsyncAdapter, SyncAdapter
-    from portside.lifecycle import Lifecycle, _Database
+    from collections.abc import Callable
+
+    from portside.database import Database
+    from portside.in_flight import InFlight
     from portside.serial_gate import SerialGate
     from portside.sessions import AsyncSession, Session
 
@@ -97,8 +99,17 @@ class UnitOfWork:
     ones and run concurrently. Nothing is enforced.
     """
 
-    def __init__(self, lifecycle: Lifecycle, *, writes: bool = True) -> None:
-        self._lifecycle = lifecycle
+    def __init__(
+        self,
+        databases: Callable[[str | None], Database],
+        in_flight: InFlight,
+        *,
+        writes: bool = True,
+        cleanup_timeout: float,
+    ) -> None:
+        self._databases = databases
+        self._in_flight = in_flight
+        self._cleanup_timeout = cleanup_timeout
         self.writes = writes
         self._sync: dict[str, Session] = {}
         self._async: dict[str, AsyncSession] = {}
@@ -116,56 +127,47 @@ class UnitOfWork:
         """Whether :meth:`finish` has run."""
         return self._ended
 
-    def _database(self, name: str | None) -> _Database:
+    def _database(self, name: str | None) -> Database:
         if self._ended:
             raise LifecycleStateError(
                 "This unit of work has ended; open a new one for more database work."
             )
-        return self._lifecycle.database(name)
+        return self._databases(name)
 
-    def _admit(self, adapter: SyncAdapter | AsyncAdapter) -> list[SerialGate]:
+    def _admit(self, gates: list[SerialGate]) -> list[SerialGate]:
         """Count this unit as in flight; return the gates it still has to pass."""
         if not self._counted:
-            self._lifecycle._unit_started()
+            self._in_flight.enter()
             self._counted = True
-        outer = self._lifecycle.outer_transaction
-        gates = (adapter.gate_for(writes=self.writes), outer.gate if outer else None)
-        return [gate for gate in gates if gate is not None and gate not in self._gates]
+        return [gate for gate in gates if gate not in self._gates]
 
     async def async_session(self, name: str | None = None) -> AsyncSession:
         """The unit's async session for database ``name`` (default: the first one)."""
         database = self._database(name)
         session = self._async.get(database.name)
         if session is None:
-            adapter = database.require_async()
-            for gate in self._admit(adapter):
+            gates = database.gates(database.async_port(), writes=self.writes)
+            for gate in self._admit(gates):
                 await gate.acquire()
                 self._gates.append(gate)
-            outer = self._lifecycle.outer_transaction
-            session = adapter.new_session(
-                writes=self.writes,
-                outer=await outer.async_connection(adapter.engine) if outer else None,
-            )
+            session = await database.new_async_session(writes=self.writes)
             self._async[database.name] = session
         return session
 
     async def session(self, name: str | None = None) -> Session:
         """The unit's sync session for database ``name``, asked for from the event loop.
 
-        Creating it does no I/O; use it only from worker threads (sync endpoints).
+        Creating it does no I/O on the event loop; the session itself refuses to
+        run on it: use it only from worker threads (sync endpoints).
         """
         database = self._database(name)
         session = self._sync.get(database.name)
         if session is None:
-            adapter = database.require_sync()
-            for gate in self._admit(adapter):
+            gates = database.gates(database.sync_port(), writes=self.writes)
+            for gate in self._admit(gates):
                 await gate.acquire()
                 self._gates.append(gate)
-            outer = self._lifecycle.outer_transaction
-            session = adapter.new_session(
-                writes=self.writes,
-                outer=await outer.sync_connection(adapter.engine) if outer else None,
-            )
+            session = await database.new_session(writes=self.writes)
             self._sync[database.name] = session
         return session
 
@@ -180,15 +182,11 @@ class UnitOfWork:
         database = self._database(name)
         session = self._sync.get(database.name)
         if session is None:
-            adapter = database.require_sync()
-            for gate in self._admit(adapter):
+            gates = database.gates(database.sync_port(), writes=self.writes)
+            for gate in self._admit(gates):
                 gate.acquire_blocking()
                 self._gates.append(gate)
-            outer = self._lifecycle.outer_transaction
-            session = adapter.new_session(
-                writes=self.writes,
-                outer=outer.sync_connection_blocking(adapter.engine) if outer else None,
-            )
+            session = database.new_session_blocking(writes=self.writes)
             self._sync[database.name] = session
         return session
 
@@ -241,7 +239,7 @@ class UnitOfWork:
             self._release()
 
     async def _close_all(self) -> None:
-        timeout = self._lifecycle.cleanup_timeout
+        timeout = self._cleanup_timeout
         try:
             for async_session in self._async.values():
                 async_session.mark_ended()
@@ -279,7 +277,7 @@ class UnitOfWork:
             try:
                 for sync_session in self._sync.values():
                     sync_session.mark_ended()
-                    _close_sync(sync_session, self._lifecycle.cleanup_timeout)
+                    _close_sync(sync_session, self._cleanup_timeout)
             finally:
                 self._release()
 
@@ -289,7 +287,7 @@ class UnitOfWork:
         self._gates.clear()
         if self._counted:
             self._counted = False
-            self._lifecycle._unit_finished()
+            self._in_flight.leave()
 
     async def __aenter__(self) -> Self:
         return self

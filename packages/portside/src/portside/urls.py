@@ -24,6 +24,7 @@ from urllib.parse import quote, quote_plus
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from portside.backends import backend_for, registered_backends
 from portside.errors import ConfigurationError
 
 __all__ = [
@@ -116,7 +117,7 @@ def parse_url(raw: str, *, setting: str) -> URL:
         raise ConfigurationError(
             f"{setting} uses the unknown database scheme {url.drivername!r}; {_supported()}."
         ) from None
-    if backend not in _SUPPORTED_BACKENDS:
+    if not _is_supported(backend):
         raise ConfigurationError(
             f"{setting} points to a {backend!r} database, which portside does not support; "
             f"{_supported()}."
@@ -143,6 +144,8 @@ def derive_sync_url(url: URL) -> URL:
     """
     url = _canonical(url)
     backend = _supported_backend(url)
+    if (driver := _registered_driver(url, is_async=False)) is not None:
+        return url if not _is_async(url) else url.set(drivername=driver)
     if backend == "sqlite":
         if _is_async(url) or _explicit_driver(url) in _SQLITE_DEFAULT_DRIVERS:
             return url.set(drivername=_SQLITE_SYNC)
@@ -164,6 +167,8 @@ def derive_async_url(url: URL) -> URL:
     backend = _supported_backend(url)
     if _is_async(url):
         return url
+    if (driver := _registered_driver(url, is_async=True)) is not None:
+        return url.set(drivername=driver)
     return url.set(drivername=_SQLITE_ASYNC if backend == "sqlite" else _POSTGRESQL_ASYNC)
 
 
@@ -283,9 +288,22 @@ def _explicit_driver(url: URL) -> str:
 
 def _supported_backend(url: URL) -> str:
     backend = url.get_backend_name()
-    if backend not in _SUPPORTED_BACKENDS:
+    if not _is_supported(backend):
         raise ConfigurationError(f"Cannot derive a URL for a {backend!r} database; {_supported()}.")
     return backend
+
+
+def _is_supported(backend: str) -> bool:
+    return backend in _SUPPORTED_BACKENDS or backend in registered_backends()
+
+
+def _registered_driver(url: URL, *, is_async: bool) -> str | None:
+    """The driver a third-party backend registered for derived URLs, if any."""
+    backend = url.get_backend_name()
+    if backend in _SUPPORTED_BACKENDS:
+        return None
+    registered = backend_for(backend)
+    return registered.async_driver if is_async else registered.sync_driver
 
 
 def _is_async(url: URL) -> bool:

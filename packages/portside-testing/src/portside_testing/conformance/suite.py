@@ -237,16 +237,15 @@ class RunningApp:
         worker thread, never on the event loop.
         """
         db = self.lifecycle.database(database)
-        if db.sync is not None and (self.mode == "sync" or db.async_ is None):
-            engine = db.sync.engine
+        if "sync" in db.kinds and (self.mode == "sync" or "async" not in db.kinds):
+            engine = db.engine
 
             def in_thread() -> T:
                 with engine.begin() as connection:
                     return work(connection)
 
             return await anyio.to_thread.run_sync(in_thread)
-        assert db.async_ is not None
-        async with db.async_.engine.begin() as connection:
+        async with db.async_engine.begin() as connection:
             return await connection.run_sync(work)
 
     async def count(
@@ -293,11 +292,11 @@ class RunningApp:
 
         for name in self.lifecycle.names:
             db = self.lifecycle.database(name)
-            if db.sync is not None:
-                self.engines.append(db.sync.engine)
-                event.listen(db.sync.engine, "before_cursor_execute", on_sync_execute)
-            if db.async_ is not None:
-                self.engines.append(db.async_.engine.sync_engine)
+            if "sync" in db.kinds:
+                self.engines.append(db.engine)
+                event.listen(db.engine, "before_cursor_execute", on_sync_execute)
+            if "async" in db.kinds:
+                self.engines.append(db.async_engine.sync_engine)
         for engine in self.engines:
             event.listen(engine, "checkout", on_checkout)
 
@@ -792,7 +791,7 @@ async def _take_down(backend: Backend, app: RunningApp, name: str) -> None:
         return
     await anyio.to_thread.run_sync(_replace_with_directory, backend.directory / f"{name}.db")
     db = app.lifecycle.database(name)
-    if db.sync is not None:
-        await anyio.to_thread.run_sync(db.sync.engine.dispose)
-    if db.async_ is not None:
-        await db.async_.engine.dispose()
+    if "sync" in db.kinds:
+        await anyio.to_thread.run_sync(db.engine.dispose)
+    if "async" in db.kinds:
+        await db.async_engine.dispose()

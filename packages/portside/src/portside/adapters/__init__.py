@@ -1,63 +1,96 @@
-"""Adapters: the concrete ports, one module per backend, chosen from the URL.
+"""Adapters: the ports of the built-in backends, SQLite and PostgreSQL.
 
-A new backend is one new module with a ``build_<backend>`` function registered in
-``_BACKENDS`` below.
+Each backend module implements :mod:`portside.ports` and has a ``build_<backend>``
+function; both are registered here with :func:`portside.register_backend`, which
+is also how a third-party backend joins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from portside.adapters.base import AsyncAdapter, PoolStatus, SyncAdapter
+from portside.adapters.base import AsyncAdapter, SyncAdapter
 from portside.adapters.postgresql import build_postgresql
 from portside.adapters.sqlite import build_sqlite
-from portside.errors import ConfigurationError, DriverMissingError
+from portside.backends import Backend, backend_for, register_backend
+from portside.errors import DriverMissingError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
+    from portside.ports import AsyncSessionPort, SessionPort
     from portside.settings import DatabaseSettings
 
-__all__ = ["AsyncAdapter", "PoolStatus", "SyncAdapter", "build_adapters"]
+__all__ = ["AsyncAdapter", "SyncAdapter", "build_adapters"]
 
-_Builder = Callable[
-    ["DatabaseSettings", "URL | None", "URL | None"],
-    tuple[SyncAdapter | None, AsyncAdapter | None],
-]
+register_backend(Backend("sqlite", build_sqlite, "sqlite", "sqlite+aiosqlite", extra="sqlite"))
+register_backend(
+    Backend(
+        "postgresql",
+        build_postgresql,
+        "postgresql+psycopg",
+        "postgresql+asyncpg",
+        extra="postgresql",
+    )
+)
 
-# backend name -> (its builder, the extra that installs its drivers)
-_BACKENDS: dict[str, tuple[_Builder, str]] = {
-    "sqlite": (build_sqlite, "sqlite"),
-    "postgresql": (build_postgresql, "postgresql"),
-}
 
-
-def _builder(backend: str) -> tuple[_Builder, str]:
+def _driver_missing(url: URL) -> str | None:
+    """The name of ``url``'s DBAPI module if it cannot be imported, else ``None``."""
     try:
-        return _BACKENDS[backend]
-    except KeyError:
-        supported = ", ".join(sorted(_BACKENDS))
-        raise ConfigurationError(
-            f"portside has no adapter for the {backend!r} backend; supported: {supported}."
-        ) from None
-
-
-def build_adapters(settings: DatabaseSettings) -> tuple[SyncAdapter | None, AsyncAdapter | None]:
-    """Build the sync and/or async adapter ``settings.engines`` asks for.
-
-    Raises :class:`~portside.errors.DriverMissingError` naming the extra to install
-    when the URL's driver package is missing.
-    """
-    sync_url = settings.sync_url_object if settings.engines != "async" else None
-    async_url = settings.async_url_object if settings.engines != "sync" else None
-    backend = settings.sync_url_object.get_backend_name()
-    builder, extra = _builder(backend)
-    try:
-        return builder(settings, sync_url, async_url)
+        url.get_dialect().import_dbapi()
     except ImportError as exc:
-        missing = exc.name or "a driver"
+        return exc.name or url.get_driver_name()
+    return None
+
+
+def _install_hint(extra: str | None) -> str:
+    if extra is None:
+        return "Install the driver."
+    return f'Install it with: pip install "portside[{extra}]" (or uv add "portside[{extra}]").'
+
+
+def build_adapters(
+    settings: DatabaseSettings, *, asyncio_available: bool = True
+) -> tuple[SessionPort | None, AsyncSessionPort | None, str | None]:
+    """Build the adapters ``settings.engines`` asks for.
+
+    With ``engines="auto"`` (the default) each kind of engine whose driver is
+    installed is built (the async one only when ``asyncio_available``); the third
+    value then says why a kind was left out, for the error a unit of work raises
+    if it asks for that kind. Explicit kinds whose driver is missing raise
+    :class:`~portside.errors.DriverMissingError` naming the extra to install.
+    """
+    backend = backend_for(settings.sync_url_object.get_backend_name())
+    wants_sync = settings.engines in ("auto", "both", "sync")
+    wants_async = settings.engines in ("auto", "both", "async")
+    sync_url = settings.sync_url_object if wants_sync else None
+    async_url = settings.async_url_object if wants_async else None
+    left_out: list[str] = []
+    if settings.engines == "auto" and async_url is not None and not asyncio_available:
+        async_url = None
+        left_out.append("async SQLAlchemy runs on asyncio only")
+    for kind, url in (("sync", sync_url), ("async", async_url)):
+        missing = _driver_missing(url) if url is not None else None
+        if missing is None:
+            continue
+        reason = f"the {kind} driver {missing!r} is not installed"
+        if settings.engines != "auto":
+            raise DriverMissingError(f"{reason.capitalize()}. {_install_hint(backend.extra)}")
+        left_out.append(f"{reason} ({_install_hint(backend.extra)})")
+        if kind == "sync":
+            sync_url = None
+        else:
+            async_url = None
+    if sync_url is None and async_url is None:
         raise DriverMissingError(
-            f"The database driver {missing!r} is not installed. Install it with the "
-            f'{extra!r} extra: pip install "portside[{extra}]" (or uv add "portside[{extra}]").'
+            f"No database driver is installed for {backend.name}: {'; '.join(left_out)}."
+        )
+    try:
+        sync_port, async_port = backend.build(settings, sync_url, async_url)
+    except ImportError as exc:  # a dependency of the driver itself
+        raise DriverMissingError(
+            f"The database driver {exc.name or 'module'!r} could not be imported. "
+            f"{_install_hint(backend.extra)}"
         ) from None
+    return sync_port, async_port, "; ".join(left_out) or None

@@ -7,9 +7,6 @@ everything that does not depend on the backend lives here.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine
@@ -20,8 +17,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import sessionmaker
-from sqlalchemy.pool import QueuePool
 
+from portside.pool_status import PoolStatus, pool_status
 from portside.sessions import AsyncSession, Session
 from portside.urls import mask_url
 
@@ -30,28 +27,6 @@ if TYPE_CHECKING:
 
     from portside.serial_gate import SerialGate
     from portside.settings import DatabaseSettings
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStatus:
-    """A snapshot of one engine's connection pool (``None`` where the pool cannot tell).
-
-    ``overflow`` counts connections open beyond ``size`` right now (0 or more).
-    """
-
-    size: int | None
-    checked_out: int | None
-    overflow: int | None
-
-
-def pool_status(engine: Engine) -> PoolStatus:
-    """Read the pool counters of ``engine`` without touching any connection."""
-    pool = engine.pool
-    if isinstance(pool, QueuePool):
-        # SQLAlchemy counts overflow from -pool_size; report connections beyond the size.
-        overflow = max(pool.overflow(), 0)
-        return PoolStatus(size=pool.size(), checked_out=pool.checkedout(), overflow=overflow)
-    return PoolStatus(size=None, checked_out=None, overflow=None)
 
 
 class _Adapter:
@@ -102,7 +77,7 @@ class _Adapter:
 class SyncAdapter(_Adapter):
     """Owns one synchronous engine and its sessionmaker.
 
-    Satisfies :class:`~portside.SessionPort`. Sessions are
+    Implements :class:`~portside.SessionPort`. Sessions are
     :class:`portside.sessions.Session` with ``expire_on_commit=False``.
     """
 
@@ -120,21 +95,15 @@ class SyncAdapter(_Adapter):
     def configure(self, engine: Engine) -> None:
         """Install backend event listeners on a new engine (none by default)."""
 
-    def new_session(self, *, writes: bool = True, outer: Connection | None = None) -> Session:
+    def new_session(self, *, writes: bool, bind: Connection | None = None) -> Session:
         """Return a new session; ``writes`` hints whether it may write (see SQLite).
 
-        With ``outer``, the session joins that connection's transaction through
-        SAVEPOINTs (see :mod:`portside.outer_transaction`).
+        With ``bind``, the session joins that connection's transaction through
+        SAVEPOINTs (see :mod:`portside.binding`).
         """
-        if outer is not None:
-            return self._sessionmaker(bind=outer, join_transaction_mode="create_savepoint")
+        if bind is not None:
+            return self._sessionmaker(bind=bind, join_transaction_mode="create_savepoint")
         return self._sessionmaker()
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """Yield a new session and close it on exit (the port; no commit policy)."""
-        with self.new_session() as session:
-            yield session
 
     def ping(self) -> float:
         """Run ``SELECT 1`` on a pooled connection; return the round trip in seconds."""
@@ -163,7 +132,7 @@ class SyncAdapter(_Adapter):
 class AsyncAdapter(_Adapter):
     """Owns one asynchronous engine and its sessionmaker.
 
-    Satisfies :class:`~portside.AsyncSessionPort`. Sessions are
+    Implements :class:`~portside.AsyncSessionPort`. Sessions are
     :class:`portside.sessions.AsyncSession` with ``expire_on_commit=False``.
     """
 
@@ -183,23 +152,15 @@ class AsyncAdapter(_Adapter):
     def configure(self, engine: Engine) -> None:
         """Install backend event listeners on the new engine's sync core (none by default)."""
 
-    def new_session(
-        self, *, writes: bool = True, outer: AsyncConnection | None = None
-    ) -> AsyncSession:
+    def new_session(self, *, writes: bool, bind: AsyncConnection | None = None) -> AsyncSession:
         """Return a new session; ``writes`` hints whether it may write (see SQLite).
 
-        With ``outer``, the session joins that connection's transaction through
-        SAVEPOINTs (see :mod:`portside.outer_transaction`).
+        With ``bind``, the session joins that connection's transaction through
+        SAVEPOINTs (see :mod:`portside.binding`).
         """
-        if outer is not None:
-            return self._sessionmaker(bind=outer, join_transaction_mode="create_savepoint")
+        if bind is not None:
+            return self._sessionmaker(bind=bind, join_transaction_mode="create_savepoint")
         return self._sessionmaker()
-
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        """Yield a new session and close it on exit (the port; no commit policy)."""
-        async with self.new_session() as session:
-            yield session
 
     async def ping(self) -> float:
         """Run ``SELECT 1`` on a pooled connection; return the round trip in seconds."""

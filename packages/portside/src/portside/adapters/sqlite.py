@@ -179,10 +179,10 @@ class SQLiteAdapter(SyncAdapter):
         """Install the pragmas and portside-driven BEGIN."""
         _install_defaults(engine, self.settings, memory=self._memory is not None, is_async=False)
 
-    def new_session(self, *, writes: bool = True, outer: Connection | None = None) -> Session:
+    def new_session(self, *, writes: bool, bind: Connection | None = None) -> Session:
         """A session whose transactions begin IMMEDIATE when it may write."""
-        if outer is not None:
-            return super().new_session(writes=writes, outer=outer)
+        if bind is not None:
+            return super().new_session(writes=writes, bind=bind)
         return (self._writer_sessionmaker if writes else self._sessionmaker)()
 
     def verify_connection(self, connection: Connection) -> None:
@@ -245,12 +245,10 @@ class AsyncSQLiteAdapter(AsyncAdapter):
         """Install the pragmas and portside-driven BEGIN."""
         _install_defaults(engine, self.settings, memory=self._memory is not None, is_async=True)
 
-    def new_session(
-        self, *, writes: bool = True, outer: AsyncConnection | None = None
-    ) -> AsyncSession:
+    def new_session(self, *, writes: bool, bind: AsyncConnection | None = None) -> AsyncSession:
         """A session whose transactions begin IMMEDIATE when it may write."""
-        if outer is not None:
-            return super().new_session(writes=writes, outer=outer)
+        if bind is not None:
+            return super().new_session(writes=writes, bind=bind)
         return (self._writer_sessionmaker if writes else self._sessionmaker)()
 
     def verify_connection(self, connection: Connection) -> None:

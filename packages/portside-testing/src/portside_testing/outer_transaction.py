@@ -1,0 +1,133 @@
+"""One outer transaction around every unit of work, rolled back at the end: test isolation.
+
+An :class:`OuterTransaction` is a :class:`portside.ConnectionBinding`: while it is
+active (``with OuterTransaction() as outer:``), every :class:`~portside.Lifecycle`
+*started* in that context (an app's lifespan included: tasks inherit the context)
+opens the sessions of its units of work on one connection per engine, opened on
+first use, inside a transaction that is never committed. Sessions join it with
+``join_transaction_mode="create_savepoint"``: their ``commit()`` releases a
+SAVEPOINT, so code that commits works unchanged and still leaves nothing behind.
+Units of work then take turns (they share each connection).
+
+This is the mechanism behind the portside pytest plugin; the web integrations know
+nothing of it, because they all get their sessions from the lifecycle.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import ExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import anyio
+import anyio.to_thread
+
+from portside import Database, Lifecycle, SerialGate, use_binding
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from sqlalchemy import Connection, Engine
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+__all__ = ["OuterTransaction"]
+
+
+class OuterTransaction:
+    """Make the units of work of lifecycles started while active roll back at the end.
+
+    Use it as a context manager around starting the app (or lifecycle); each
+    lifecycle rolls its outer transactions back at its shutdown.
+    """
+
+    def __init__(self, *, wait_timeout: float = 30.0) -> None:
+        self._sync: dict[Engine, Connection] = {}
+        self._async: dict[AsyncEngine, AsyncConnection] = {}
+        self._sync_lock = threading.Lock()
+        self._async_lock = anyio.Lock()
+        self._stack = ExitStack()
+        #: Units of work share the outer connections, so they take turns.
+        self.gate: SerialGate | None = SerialGate(wait_timeout)
+        #: Lifecycles that started while this was active, in order.
+        self.lifecycles: list[Lifecycle] = []
+
+    def __enter__(self) -> Self:
+        self._stack.enter_context(use_binding(self))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stack.close()
+
+    # -- the binding -------------------------------------------------------------------
+
+    def lifecycle_started(self, lifecycle: Lifecycle) -> None:
+        """Remember ``lifecycle``, for the leak checks and the test's teardown."""
+        self.lifecycles.append(lifecycle)
+
+    async def async_connection(self, engine: AsyncEngine) -> AsyncConnection:
+        """The outer connection of ``engine``, begun on first use."""
+        async with self._async_lock:
+            connection = self._async.get(engine)
+            if connection is None:
+                connection = await engine.connect()
+                await connection.begin()
+                self._async[engine] = connection
+        return connection
+
+    def sync_connection(self, engine: Engine) -> Connection:
+        """The outer connection of ``engine``, begun on first use (blocks: worker thread)."""
+        with self._sync_lock:
+            connection = self._sync.get(engine)
+            if connection is None:
+                connection = engine.connect()
+                connection.begin()
+                self._sync[engine] = connection
+        return connection
+
+    async def lifecycle_stopping(self, databases: Sequence[Database]) -> list[str]:
+        """Roll back and close the outer connections of a stopping lifecycle's ``databases``."""
+        errors: list[str] = []
+        for database in databases:
+            try:
+                if "async" in database.kinds:
+                    await self._release_async(database.async_engine)
+                if "sync" in database.kinds:
+                    await self._release_sync(database.engine)
+            except Exception as exc:
+                errors.append(
+                    f"database {database.name!r}: rolling back the outer transaction failed: "
+                    f"{database.redact(f'{type(exc).__name__}: {exc}'.splitlines()[0])}"
+                )
+        return errors
+
+    # -- for the test kit --------------------------------------------------------------
+
+    def held_connections(self, engine: Engine) -> int:
+        """How many of ``engine``'s checked-out connections are this object's (0 or 1)."""
+        return int(engine in self._sync or any(e.sync_engine is engine for e in self._async))
+
+    async def sync_connection_async(self, engine: Engine) -> Connection:
+        """:meth:`sync_connection` without blocking the event loop."""
+        return await anyio.to_thread.run_sync(self.sync_connection, engine)
+
+    async def _release_async(self, engine: AsyncEngine) -> None:
+        connection = self._async.pop(engine, None)
+        if connection is not None:
+            await connection.rollback()
+            await connection.close()
+
+    async def _release_sync(self, engine: Engine) -> None:
+        connection = self._sync.pop(engine, None)
+        if connection is not None:
+            await anyio.to_thread.run_sync(_roll_back_blocking, connection)
+
+
+def _roll_back_blocking(connection: Connection) -> None:
+    connection.rollback()
+    connection.close()
