@@ -1,8 +1,10 @@
 """The restaurants API on FastAPI, with portside-fastapi.
 
-portside's lifespan owns the engines, its middleware commits each request's unit of
-work before the response starts (or rolls it back on an error status), and
-``AsyncSessionDep`` hands a handler its request's session. No handler commits.
+``portside_fastapi.install`` gives the app its engines (built at startup, disposed
+at shutdown), a unit of work per request that commits before the response starts
+(or rolls back on an error status), and ``/health``. The app's own lifespan
+receives the running lifecycle and prepares the database; ``AsyncSessionDep``
+hands a handler its request's session. No handler commits.
 
 Serve it with ``uv run restaurants`` or ``uvicorn --factory restaurants.fastapi_app:create_app``.
 """
@@ -11,16 +13,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from portside import DatabaseSettings
-from portside.asgi import LIFECYCLE_STATE_KEY
-from portside_fastapi import AsyncSessionDep, UnitOfWorkMiddleware, lifespan, readiness
+import portside_fastapi
+from portside import DatabaseSettings, Lifecycle
+from portside_fastapi import AsyncSessionDep
 from restaurants.models import (
     MenuItem,
     MenuItemPublic,
@@ -114,18 +116,15 @@ def create_app(database: DatabaseSettings | None = None, *, seed: bool | None = 
     At startup it creates its tables and, with ``seed`` (default: ``RESTAURANTS_SEED``),
     adds sample rows to an empty database.
     """
-    portside_lifespan = lifespan(database or database_settings())
     add_samples = seed_enabled() if seed is None else seed
 
     @asynccontextmanager
-    async def app_lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with portside_lifespan(app) as state:  # the databases are ready inside
-            await prepare_database(state[LIFECYCLE_STATE_KEY], seed=add_samples)
-            yield state
+    async def lifespan(app: FastAPI, lifecycle: Lifecycle) -> AsyncIterator[None]:
+        await prepare_database(lifecycle, seed=add_samples)  # the databases answer here
+        yield
 
-    app = FastAPI(title="Restaurants (FastAPI + portside)", lifespan=app_lifespan)
-    app.add_middleware(UnitOfWorkMiddleware)
+    app = FastAPI(title="Restaurants (FastAPI + portside)")
+    portside_fastapi.install(app, database or database_settings(), lifespan=lifespan)
     app.add_exception_handler(IntegrityError, conflict)
-    app.add_api_route("/health", readiness, include_in_schema=False)
     app.include_router(router)
     return app

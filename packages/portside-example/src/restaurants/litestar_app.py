@@ -1,14 +1,18 @@
 """The restaurants API on Litestar, with portside-litestar.
 
-``PortsidePlugin`` owns the engines, commits each request's unit of work before the
-response starts (or rolls it back on an error status), provides the request's
-session as ``db_session`` and serves ``/health``. No handler commits.
+``PortsidePlugin`` gives the app its engines (built at startup, disposed at
+shutdown), a unit of work per request that commits before the response starts (or
+rolls back on an error status), the request's session as ``db_session`` and
+``/health``. The app's own lifespan, given to the plugin, receives the running
+lifecycle and prepares the database. No handler commits.
 
 Serve it with ``uv run restaurants --framework litestar``.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from litestar import Controller, Litestar, Request, Response, delete, get, patch, post
@@ -18,8 +22,8 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from portside import DatabaseSettings
-from portside_litestar import AsyncSessionDep, PortsidePlugin, get_lifecycle
+from portside import DatabaseSettings, Lifecycle
+from portside_litestar import AsyncSessionDep, PortsidePlugin
 from restaurants.models import (
     MenuItem,
     MenuItemPublic,
@@ -133,12 +137,13 @@ def create_app(database: DatabaseSettings | None = None, *, seed: bool | None = 
     """
     add_samples = seed_enabled() if seed is None else seed
 
-    async def prepare(app: Litestar) -> None:  # runs once the plugin's databases are ready
-        await prepare_database(get_lifecycle(app), seed=add_samples)
+    @asynccontextmanager
+    async def lifespan(app: Litestar, lifecycle: Lifecycle) -> AsyncIterator[None]:
+        await prepare_database(lifecycle, seed=add_samples)  # the databases answer here
+        yield
 
     return Litestar(
         [RestaurantController],
-        plugins=[PortsidePlugin(database or database_settings())],
-        on_startup=[prepare],
+        plugins=[PortsidePlugin(database or database_settings(), lifespan=lifespan)],
         exception_handlers={ValidationException: unprocessable, IntegrityError: conflict},
     )

@@ -2,8 +2,9 @@
 
 The example creates its tables when it starts and, if asked, adds a few sample
 rows to an empty database. This is the example's own choice, made in each app's
-startup hook: portside never creates tables (a real application runs migrations,
-e.g. Alembic, before it starts).
+lifespan, which portside runs with the started lifecycle: portside never creates
+tables by itself (a real application runs migrations, e.g. Alembic, before it
+starts).
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ def seed_enabled() -> bool:
 
 async def prepare_database(lifecycle: Lifecycle, *, seed: bool) -> None:
     """Create missing tables, then with ``seed`` fill an empty database with samples."""
-    engine = lifecycle.database().async_engine
-    async with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            # Several workers start at once: one creates, the others then find the tables.
+    database = lifecycle.database()
+    if database.async_engine.dialect.name == "postgresql":
+        # Several workers start at once: one creates the tables, the others then find
+        # them. The lock must be taken in the transaction that creates them.
+        async with database.async_engine.begin() as connection:
             await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
-        await connection.run_sync(SQLModel.metadata.create_all)
+            await connection.run_sync(SQLModel.metadata.create_all)
+    else:
+        await database.create_all(SQLModel.metadata)
     if not seed:
         return
     # One unit of work of its own: committed at the end of the block, or rolled back.

@@ -1,7 +1,9 @@
 """The restaurants API on Starlette, with portside-starlette.
 
-portside's lifespan owns the engines, its middleware commits each request's unit of
-work before the response starts (or rolls it back on an error status), and
+``portside_starlette.install`` gives the app its engines (built at startup, disposed
+at shutdown), a unit of work per request that commits before the response starts
+(or rolls back on an error status), and ``/health``. The app's own lifespan
+receives the running lifecycle and prepares the database;
 ``await portside_starlette.async_session(request)`` gives an endpoint its request's
 session. No endpoint commits. Starlette validates nothing itself: the SQLModel
 schemas do, and a ``ValidationError`` handler answers 422.
@@ -21,14 +23,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from portside import AsyncSession, DatabaseSettings
-from portside.asgi import LIFECYCLE_STATE_KEY
-from portside_starlette import UnitOfWorkMiddleware, async_session, lifespan, readiness
+import portside_starlette
+from portside import AsyncSession, DatabaseSettings, Lifecycle
+from portside_starlette import async_session
 from restaurants.models import (
     MenuItem,
     MenuItemPublic,
@@ -130,7 +131,6 @@ async def json_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 routes = [
-    Route("/health", readiness),
     Route("/restaurants", list_restaurants),
     Route("/restaurants", create_restaurant, methods=["POST"]),
     Route("/restaurants/with-menu", create_with_menu, methods=["POST"]),
@@ -147,22 +147,20 @@ def create_app(database: DatabaseSettings | None = None, *, seed: bool | None = 
     At startup it creates its tables and, with ``seed`` (default: ``RESTAURANTS_SEED``),
     adds sample rows to an empty database.
     """
-    portside_lifespan = lifespan(database or database_settings())
     add_samples = seed_enabled() if seed is None else seed
 
     @asynccontextmanager
-    async def app_lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with portside_lifespan(app) as state:  # the databases are ready inside
-            await prepare_database(state[LIFECYCLE_STATE_KEY], seed=add_samples)
-            yield state
+    async def lifespan(app: Starlette, lifecycle: Lifecycle) -> AsyncIterator[None]:
+        await prepare_database(lifecycle, seed=add_samples)  # the databases answer here
+        yield
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
-        middleware=[Middleware(UnitOfWorkMiddleware)],
         exception_handlers={
             ValidationError: json_error,
             IntegrityError: json_error,
             HTTPException: json_error,
         },
-        lifespan=app_lifespan,
     )
+    portside_starlette.install(app, database or database_settings(), lifespan=lifespan)
+    return app
