@@ -47,12 +47,11 @@ def make_settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) 
 async def create_tables(lifecycle: Lifecycle, name: str | None = None) -> None:
     """(Re)create the notes table through the lifecycle's own engine."""
     database = lifecycle.database(name)
-    if database.async_ is not None:
-        async with database.async_.engine.begin() as connection:
+    if "async" in database.kinds:
+        async with database.async_engine.begin() as connection:
             await connection.run_sync(metadata.drop_all)
             await connection.run_sync(metadata.create_all)
     else:
-        assert database.sync is not None
-        with database.sync.engine.begin() as connection:
+        with database.engine.begin() as connection:
             metadata.drop_all(connection)
             metadata.create_all(connection)

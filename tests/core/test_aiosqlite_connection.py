@@ -131,7 +131,7 @@ async def test_a_unit_cancelled_in_its_first_statement_leaves_no_transaction_ope
     """The pool's rollback is skipped only when no trip that could begin one is in flight."""
     settings = settings_for(tmp_path, pool_size=1, max_overflow=0)
     async with Lifecycle(settings) as lifecycle:
-        engine = lifecycle.database().require_async().engine
+        engine = lifecycle.database().async_engine
         await create_tables(lifecycle)
         async with engine.connect() as connection:
             raw = await connection.get_raw_connection()

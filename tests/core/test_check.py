@@ -219,6 +219,8 @@ def test_missing_driver(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "asyncpg", None)
+    # "both" asks for the async engine explicitly ("auto" would start without it).
+    monkeypatch.setenv("DATABASE_ENGINES", "both")
     url = f"postgresql://app:{ENCODED_PASSWORD}@127.0.0.1:{closed_port()}/app"
 
     result = run(capsys, "--url", url, "--json")

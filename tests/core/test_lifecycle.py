@@ -49,7 +49,7 @@ async def backends_named(postgresql_url: str, app_name: str) -> int:
 
 
 def checked_out(lifecycle: Lifecycle) -> list[int | None]:
-    return [pool.checked_out for pool in lifecycle.database().pools().values()]
+    return [pool.checked_out for pool in lifecycle.database().pool_status().values()]
 
 
 async def test_async_unit_commits_on_clean_exit_and_rolls_back_on_error(
@@ -291,7 +291,8 @@ async def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch, t
     from portside import DatabaseSettings
 
     monkeypatch.setitem(sys.modules, "aiosqlite", None)
-    settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'x.db'}")
+    # "both" asks for the async engine explicitly ("auto" would start without it).
+    settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'x.db'}", engines="both")
     with pytest.raises(StartupError, match=r"'aiosqlite' is not installed.*portside\[sqlite\]"):
         async with Lifecycle(settings):
             pass
@@ -331,8 +332,7 @@ async def test_shutdown_reports_every_disposal_failure(
     )
     await lifecycle.startup()
     for name in ("a", "b"):
-        adapter = lifecycle.database(name).sync
-        assert adapter is not None
+        adapter = lifecycle.database(name).sync_port()
         real_dispose = adapter.dispose
 
         def failing_dispose(real=real_dispose, name=name) -> None:  # type: ignore[no-untyped-def]
@@ -370,7 +370,8 @@ def test_sync_only_lifecycle_runs_under_trio(tmp_path) -> None:  # type: ignore[
 def test_async_engines_under_trio_fail_with_advice(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from portside import DatabaseSettings
 
-    settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'trio.db'}")
+    # "both" asks for the async engine explicitly ("auto" would leave it out under trio).
+    settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'trio.db'}", engines="both")
 
     async def main() -> None:
         async with Lifecycle(settings):

@@ -1,4 +1,4 @@
-"""Units of work inside an outer transaction: everything commits, nothing stays."""
+"""Units of work inside the test kit's outer transaction: everything commits, nothing stays."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from portside import Lifecycle
-from portside.outer_transaction import OuterTransaction
 from portside.urls import is_sqlite_memory
+from portside_testing.outer_transaction import OuterTransaction
 
 from .conftest import SettingsFactory, metadata, notes
 
@@ -28,8 +28,8 @@ async def test_committed_work_is_rolled_back_with_the_outer_transaction(
     if is_sqlite_memory(settings.sync_url_object):
         pytest.skip("an in-memory database does not outlive its lifecycle: nothing to leak")
     async with Lifecycle(settings) as setup:
-        database = setup.database().require_async()
-        async with database.engine.begin() as connection:
+        engine = setup.database().async_engine
+        async with engine.begin() as connection:
             await connection.run_sync(metadata.drop_all)
             await connection.run_sync(metadata.create_all)
 
@@ -59,8 +59,8 @@ async def test_committed_work_is_rolled_back_with_the_outer_transaction(
 async def test_nested_savepoints_inside_a_unit(make_settings: SettingsFactory) -> None:
     with OuterTransaction():
         async with Lifecycle(make_settings()) as lifecycle:
-            database = lifecycle.database().require_async()
-            async with database.engine.begin() as connection:
+            engine = lifecycle.database().async_engine
+            async with engine.begin() as connection:
                 await connection.run_sync(metadata.create_all)
             async with lifecycle.async_session() as session:
                 await session.exec(insert(notes).values(body="outer"))

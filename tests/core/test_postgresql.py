@@ -18,16 +18,15 @@ async def test_pool_settings_reach_both_engines(postgresql_url: str) -> None:
     )
     async with Lifecycle(settings) as lifecycle:
         database = lifecycle.database()
-        assert database.sync is not None
-        assert database.async_ is not None
-        for engine in (database.sync.engine, database.async_.engine.sync_engine):
+        assert database.kinds == ("sync", "async")
+        for engine in (database.engine, database.async_engine.sync_engine):
             pool = engine.pool
             assert pool.size() == 3  # type: ignore[attr-defined]
             assert pool._max_overflow == 2  # type: ignore[attr-defined]
             assert pool._timeout == 4  # type: ignore[attr-defined]
             assert pool._recycle == 600
-        assert database.sync.driver == "psycopg"
-        assert database.async_.driver == "asyncpg"
+        assert database.engine.url.get_driver_name() == "psycopg"
+        assert database.async_engine.url.get_driver_name() == "asyncpg"
 
 
 async def test_sessions_talk_to_the_server(postgresql_url: str) -> None:

@@ -22,7 +22,7 @@ async def scratch_database(postgresql_url: str) -> AsyncIterator[str]:
     name = f"portside_scratch_{uuid.uuid4().hex[:12]}"
     admin = DatabaseSettings(url=postgresql_url, engines="async")
     async with Lifecycle(admin) as lifecycle:
-        engine = lifecycle.database().require_async().engine
+        engine = lifecycle.database().async_engine
         async with engine.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
             await autocommit.exec_driver_sql(f'CREATE DATABASE "{name}"')
@@ -36,7 +36,7 @@ async def scratch_database(postgresql_url: str) -> AsyncIterator[str]:
 
 async def drop_database(postgresql_url: str, name: str) -> None:
     async with Lifecycle(DatabaseSettings(url=postgresql_url, engines="async")) as admin:
-        engine = admin.database().require_async().engine
+        engine = admin.database().async_engine
         async with engine.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
             await autocommit.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
@@ -74,7 +74,7 @@ async def test_a_connection_killed_mid_unit_is_invalidated_not_reused(
                     await admin.exec(text("SELECT pg_terminate_backend(:pid)").bindparams(pid=pid))
                 await anyio.sleep(0.1)
                 await session.exec(text("SELECT 1"))
-        pools = lifecycle.database().pools()
+        pools = lifecycle.database().pool_status()
         assert pools["async"].checked_out == 0
         async with lifecycle.async_session() as session:
             assert (await session.exec(text("SELECT 1"))).scalar_one() == 1

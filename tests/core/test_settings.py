@@ -59,7 +59,7 @@ def test_defaults_without_configuration() -> None:
 
     assert settings.url == "sqlite:///./portside.db"
     assert settings.async_url == "sqlite+aiosqlite:///./portside.db"
-    assert settings.engines == "both"
+    assert settings.engines == "auto"
     assert settings.echo is False
     assert settings.hide_parameters is True
     assert settings.pool_pre_ping is True

@@ -189,7 +189,7 @@ async def test_a_commit_refused_by_a_deferred_constraint_leaves_a_clean_pool(
     )
     settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'fk.db'}", pool_size=1, max_overflow=0)
     async with Lifecycle(settings) as lifecycle:
-        async with lifecycle.database().require_async().engine.begin() as connection:
+        async with lifecycle.database().async_engine.begin() as connection:
             await connection.run_sync(schema.create_all)
         for _ in range(2):  # the second round reuses the connection the first one failed on
             with pytest.raises(Exception, match="FOREIGN KEY constraint failed"):
