@@ -10,24 +10,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Request
+from fastapi import (
+    APIRouter,
+    BackgroundTasks,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Request,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel
 from sqlalchemy import func
 from sqlmodel import col, select
 
 from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
-from portside.asgi import LIFECYCLE_STATE_KEY
 from portside_fastapi import (
     AsyncSessionDep,
+    LifecycleDep,
     SessionDep,
-    UnitOfWorkMiddleware,
     async_session_dependency,
-    lifespan,
-    readiness,
+    get_lifecycle,
+    install,
     session_dependency,
 )
 from portside_testing.conformance import ConformanceSuite
@@ -61,7 +69,42 @@ async def untouched() -> dict[str, bool]:
     return {"ok": True}
 
 
-common.add_api_route("/health", readiness)
+@common.get("/sync-on-loop")
+async def sync_session_on_the_loop(session: SessionDep) -> dict[str, int]:
+    return {"count": len(session.exec(select(Item)).all())}  # must raise: on the loop
+
+
+@common.websocket("/ws/request-session")
+async def websocket_request_session(websocket: WebSocket) -> None:
+    await websocket.accept()
+    try:  # what AsyncSessionDep runs, called where its error can be reported
+        await async_session_dependency()(websocket)
+    except Exception as exc:
+        await websocket.send_json({"error": type(exc).__name__})
+    else:
+        await websocket.send_json({"error": "none"})
+
+
+def store_item_blocking(lifecycle: Lifecycle, name: str) -> int:
+    with lifecycle.session() as session:
+        return add_item_sync(session, name).id or 0
+
+
+@common.websocket("/ws/items")
+async def websocket_items(websocket: WebSocket, lifecycle: LifecycleDep) -> None:
+    await websocket.accept()
+    sync = websocket.app.state.mode == "sync"
+    try:
+        while True:
+            name = (await websocket.receive_json())["name"]
+            if sync:
+                item_id = await anyio.to_thread.run_sync(store_item_blocking, lifecycle, name)
+            else:
+                async with lifecycle.async_session() as session:
+                    item_id = (await add_item(session, name)).id or 0
+            await websocket.send_json({"id": item_id})
+    except WebSocketDisconnect:
+        return
 
 
 def background_results(request: Request) -> list[str]:
@@ -284,18 +327,23 @@ class FastAPIHarness:
     def build_app(
         self, databases: DatabaseSettings | Mapping[str, DatabaseSettings], mode: Mode
     ) -> FastAPI:
-        app = FastAPI(lifespan=lifespan(databases))
-        app.add_middleware(UnitOfWorkMiddleware)
+        app = FastAPI()
+        install(app, databases)
         app.state.background_results = self.background_results
+        app.state.mode = mode
         app.include_router(common)
         app.include_router(sync_api if mode == "sync" else async_api)
         if isinstance(databases, Mapping) and "analytics" in databases:
             app.include_router(sync_analytics if mode == "sync" else async_analytics)
         return app
 
-    def lifecycle(self, app: FastAPI, state: Mapping[str, Any]) -> Lifecycle:
-        lifecycle: Lifecycle = state[LIFECYCLE_STATE_KEY]
-        return lifecycle
+    def lifecycle(self, app: FastAPI) -> Lifecycle:
+        return get_lifecycle(app)
+
+    def mount(self, app: FastAPI) -> FastAPI:
+        outer = FastAPI()
+        outer.mount("/inner", app)
+        return outer
 
 
 class TestFastAPIConformance(ConformanceSuite):

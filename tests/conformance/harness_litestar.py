@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
-from litestar import Litestar, get, post
+from litestar import Litestar, WebSocket, get, post, websocket
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import HTTPException, NotFoundException, WebSocketDisconnect
 from litestar.params import Body, FromPath
 from litestar.response import Redirect, Response
 from litestar.types import ControllerRouterHandler
@@ -26,10 +26,12 @@ from sqlmodel import col, select
 from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
 from portside_litestar import (
     AsyncSessionDep,
+    LifecycleDep,
     PortsidePlugin,
     SessionDep,
+    async_session_dependency,
     get_lifecycle,
-    provide_session,
+    session_dependency,
 )
 from portside_testing.conformance import ConformanceSuite
 from portside_testing.conformance.harness import Mode
@@ -130,11 +132,50 @@ async def create_slowly(db_session: AsyncSessionDep, data: SlowBody) -> dict[str
     return as_json(item)
 
 
-@get("/same-session", dependencies={"other_session": provide_session()})
+@get("/same-session", dependencies={"other_session": async_session_dependency()})
 async def same_session(
     db_session: AsyncSessionDep, other_session: AsyncSessionDep
 ) -> dict[str, bool]:
     return {"same": db_session is other_session}
+
+
+@get("/sync-on-loop")
+async def sync_session_on_the_loop(sync_db_session: SessionDep) -> dict[str, int]:
+    return {"count": len(sync_db_session.exec(select(Item)).all())}  # must raise: on the loop
+
+
+@websocket("/ws/request-session")
+async def websocket_request_session(socket: WebSocket[Any, Any, Any]) -> None:
+    await socket.accept()
+    provider = async_session_dependency().dependency
+    try:  # what the db_session provider runs, called where its error can be reported
+        await provider(scope=socket.scope)
+    except Exception as exc:
+        await socket.send_json({"error": type(exc).__name__})
+    else:
+        await socket.send_json({"error": "none"})
+
+
+def store_item_blocking(lifecycle: Lifecycle, name: str) -> int:
+    with lifecycle.session() as session:
+        return add_item_sync(session, name).id or 0
+
+
+@websocket("/ws/items")
+async def websocket_items(socket: WebSocket[Any, Any, Any], lifecycle: LifecycleDep) -> None:
+    await socket.accept()
+    sync = socket.app.state.mode == "sync"
+    try:
+        while True:
+            name = (await socket.receive_json())["name"]
+            if sync:
+                item_id = await anyio.to_thread.run_sync(store_item_blocking, lifecycle, name)
+            else:
+                async with lifecycle.async_session() as session:
+                    item_id = (await add_item(session, name)).id or 0
+            await socket.send_json({"id": item_id})
+    except WebSocketDisconnect:
+        return
 
 
 async def use_ended_session(session: AsyncSession, results: list[str]) -> None:
@@ -244,7 +285,7 @@ def create_slowly_sync(sync_db_session: SessionDep, data: SlowBody) -> dict[str,
 
 @get(
     "/same-session",
-    dependencies={"other_session": provide_session(sync=True)},
+    dependencies={"other_session": session_dependency()},
     sync_to_thread=True,
 )
 def same_session_sync(sync_db_session: SessionDep, other_session: SessionDep) -> dict[str, bool]:
@@ -302,20 +343,31 @@ class LitestarHarness:
         self, databases: DatabaseSettings | Mapping[str, DatabaseSettings], mode: Mode
     ) -> Litestar:
         sync = mode == "sync"
-        handlers = [untouched, *(SYNC_HANDLERS if sync else ASYNC_HANDLERS)]
+        handlers = [
+            untouched,
+            sync_session_on_the_loop,
+            websocket_items,
+            websocket_request_session,
+            *(SYNC_HANDLERS if sync else ASYNC_HANDLERS),
+        ]
         dependencies = {}
         if isinstance(databases, Mapping) and "analytics" in databases:
             handlers.append(count_analytics_sync if sync else count_analytics)
-            dependencies["analytics_session"] = provide_session("analytics", sync=sync)
+            dependencies["analytics_session"] = (
+                session_dependency("analytics") if sync else async_session_dependency("analytics")
+            )
         return Litestar(
             handlers,
             plugins=[PortsidePlugin(databases)],
             dependencies=dependencies,
-            state=State({"background_results": self.background_results}),
+            state=State({"background_results": self.background_results, "mode": mode}),
         )
 
-    def lifecycle(self, app: Litestar, state: Mapping[str, Any]) -> Lifecycle:
+    def lifecycle(self, app: Litestar) -> Lifecycle:
         return get_lifecycle(app)
+
+    def mount(self, app: Litestar) -> None:
+        return None  # Litestar composes apps with Routers, not by mounting apps
 
 
 class TestLitestarConformance(ConformanceSuite):

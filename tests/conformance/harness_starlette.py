@@ -22,15 +22,14 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import portside_starlette
 from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
-from portside.asgi import LIFECYCLE_STATE_KEY
-from portside_starlette import UnitOfWorkMiddleware, lifespan, readiness
+from portside_starlette import get_lifecycle, install
 from portside_testing.conformance import ConformanceSuite
 from portside_testing.conformance.harness import Mode
 from portside_testing.conformance.models import Child, Item
@@ -46,7 +45,55 @@ async def untouched(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
-common: list[BaseRoute] = [Route("/untouched", untouched), Route("/health", readiness)]
+async def sync_session_on_the_loop(request: Request) -> JSONResponse:
+    session = await portside_starlette.session(request)
+    return JSONResponse({"count": len(session.exec(select(Item)).all())})  # must raise
+
+
+async def websocket_request_session(websocket: WebSocket) -> None:
+    await websocket.accept()
+    try:
+        await portside_starlette.async_session(websocket)
+    except Exception as exc:
+        await websocket.send_json({"error": type(exc).__name__})
+    else:
+        await websocket.send_json({"error": "none"})
+
+
+def store_item_blocking(lifecycle: Lifecycle, name: str) -> int:
+    with lifecycle.session() as session:
+        item = Item(name=name)
+        session.add(item)
+        session.flush()
+        return item.id or 0
+
+
+async def websocket_items(websocket: WebSocket) -> None:
+    await websocket.accept()
+    lifecycle = get_lifecycle(websocket)
+    sync = websocket.app.state.mode == "sync"
+    try:
+        while True:
+            name = (await websocket.receive_json())["name"]
+            if sync:
+                item_id = await anyio.to_thread.run_sync(store_item_blocking, lifecycle, name)
+            else:
+                async with lifecycle.async_session() as session:
+                    item = Item(name=name)
+                    session.add(item)
+                    await session.flush()
+                    item_id = item.id or 0
+            await websocket.send_json({"id": item_id})
+    except WebSocketDisconnect:
+        return
+
+
+common: list[BaseRoute] = [
+    Route("/untouched", untouched),
+    Route("/sync-on-loop", sync_session_on_the_loop),
+    WebSocketRoute("/ws/items", websocket_items),
+    WebSocketRoute("/ws/request-session", websocket_request_session),
+]
 
 
 def background_results(request: Request) -> list[str]:
@@ -296,17 +343,17 @@ class StarletteHarness:
         routes = [*common, *(sync_routes if mode == "sync" else async_routes)]
         if isinstance(databases, Mapping) and "analytics" in databases:
             routes += sync_analytics if mode == "sync" else async_analytics
-        app = Starlette(
-            routes=routes,
-            middleware=[Middleware(UnitOfWorkMiddleware)],
-            lifespan=lifespan(databases),
-        )
+        app = Starlette(routes=routes)
+        install(app, databases)
         app.state.background_results = self.background_results
+        app.state.mode = mode
         return app
 
-    def lifecycle(self, app: Starlette, state: Mapping[str, Any]) -> Lifecycle:
-        lifecycle: Lifecycle = state[LIFECYCLE_STATE_KEY]
-        return lifecycle
+    def lifecycle(self, app: Starlette) -> Lifecycle:
+        return get_lifecycle(app)
+
+    def mount(self, app: Starlette) -> Starlette:
+        return Starlette(routes=[Mount("/inner", app)])
 
 
 class TestStarletteConformance(ConformanceSuite):

@@ -19,7 +19,8 @@ instant the client would learn the outcome.
 from __future__ import annotations
 
 import json as jsonlib
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -27,6 +28,7 @@ from urllib.parse import unquote
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -362,3 +364,73 @@ class AppRunner:
     async def wait_idle(self) -> None:
         """Wait until every request started by :meth:`disconnect` has ended."""
         await self._idle.wait()
+
+    # -- websockets ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def websocket(self, path: str) -> AsyncIterator[WebSocketSession]:
+        """Open a websocket to ``path``; the app runs in a task until the block ends.
+
+        The block's end closes the socket from the client's side (code 1000) and
+        waits for the app to return. An exception the app raised is in
+        :attr:`errors` and on :attr:`WebSocketSession.error`.
+        """
+        scope = self._scope("GET", path, [(b"host", b"testserver")])
+        scope.update(type="websocket", scheme="ws", subprotocols=[])
+        del scope["method"]
+        to_app, app_inbox = anyio.create_memory_object_stream[Message](16)
+        app_outbox, from_app = anyio.create_memory_object_stream[Message](16)
+        session = WebSocketSession(to_app, from_app)
+
+        async def run() -> None:
+            try:
+                await self.app(scope, app_inbox.receive, app_outbox.send)
+            except Exception as exc:
+                session.error = exc
+                self.errors.append(exc)
+            finally:
+                await app_outbox.send({"type": "websocket.close", "code": 1011})
+                session.finished.set()
+
+        await to_app.send({"type": "websocket.connect"})
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(run)
+            accepted = await from_app.receive()
+            if accepted["type"] != "websocket.accept":
+                raise RuntimeError(f"The app did not accept the websocket: {accepted}")
+            try:
+                yield session
+            finally:
+                with anyio.CancelScope(shield=True), anyio.fail_after(10):
+                    if not session.finished.is_set():
+                        await to_app.send({"type": "websocket.disconnect", "code": 1000})
+                    await session.finished.wait()
+        for stream in (to_app, app_inbox, app_outbox, from_app):
+            stream.close()
+
+
+class WebSocketSession:
+    """The client's side of one websocket opened by :meth:`AppRunner.websocket`."""
+
+    def __init__(
+        self,
+        to_app: MemoryObjectSendStream[Message],
+        from_app: MemoryObjectReceiveStream[Message],
+    ) -> None:
+        self._to_app = to_app
+        self._from_app = from_app
+        #: Set when the app's websocket handler has returned.
+        self.finished = anyio.Event()
+        #: The exception the app raised, if any.
+        self.error: Exception | None = None
+
+    async def send_json(self, data: Any) -> None:
+        """Send ``data`` as a JSON text message."""
+        await self._to_app.send({"type": "websocket.receive", "text": jsonlib.dumps(data)})
+
+    async def receive_json(self) -> Any:
+        """The next message the app sent, parsed as JSON; raises if the app closed."""
+        message = await self._from_app.receive()
+        if message["type"] != "websocket.send":
+            raise RuntimeError(f"The app closed the websocket: {message}")
+        return jsonlib.loads(message.get("text") or message.get("bytes") or b"null")

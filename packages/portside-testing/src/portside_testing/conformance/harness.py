@@ -31,12 +31,43 @@ handlers are the framework's sync handlers, run in worker threads). ``Item`` and
                                             it records the exception type name it got
                                             (or ``"none"``) in ``Harness.background_results``
 ``GET /health``                             the integration's ready-made readiness route
+                                            (added by its install, not by the harness)
+``GET /sync-on-loop``                       an *async* handler that asks for the request's
+                                            *sync* session and queries ``Item`` on the
+                                            event loop (it must fail: 500)
+``WEBSOCKET /ws/items``                     for each JSON message ``{"name"}``: open a unit
+                                            of work of its own from the lifecycle (async
+                                            mode: ``async_session()``; sync mode:
+                                            ``session()`` in a worker thread), add an Item,
+                                            and after the unit ended reply ``{"id": int}``
+``WEBSOCKET /ws/request-session``           ask for the *request's* session the way HTTP
+                                            handlers do; reply ``{"error": <exception type
+                                            name>}`` (or ``{"error": "none"}``)
 ``GET /analytics/count``                    200 ``{"count": int}`` counting Items in the
                                             second database named ``"analytics"`` (only
                                             when the app was built with two databases)
 ==========================================  ============================================
 
 Handlers never commit or roll back themselves: that is the integration's job.
+
+What every integration must do (the contract these scenarios check):
+
+1. One install (a call or a plugin) wires everything; nothing can be forgotten.
+2. Each app start runs a new :class:`~portside.Lifecycle` (engines built and checked
+   before the app serves; drained and disposed after), and the app's own lifespan
+   runs inside it and receives it.
+3. The lifecycle is reachable from a request, a websocket and the app, the same way.
+4. Every HTTP request gets a lazily opened unit of work from
+   :class:`portside.asgi.UnitOfWorkMiddleware`, placed *outermost*, so the commit
+   decision reads the status the client finally receives.
+5. Handlers get the request's async or sync session, of the default or a named
+   database, from that unit (``portside.asgi.unit_of_work_from_scope``); never from
+   an engine or a sessionmaker of their own.
+6. A websocket gets no request session (the core's ``NoRequestSessionError``); it
+   opens a unit of work per message.
+7. A database that cannot serve is answered with 503 (``portside.asgi.error_response``).
+8. A readiness route at ``/health`` by default (configurable, can be turned off).
+9. State lives on the app or in lifespan state, never in a module global.
 """
 
 from __future__ import annotations
@@ -67,6 +98,13 @@ class Harness(Protocol):
         """A new app (new state) exposing the endpoints above with ``mode`` sessions."""
         ...
 
-    def lifecycle(self, app: ASGIApp, state: Mapping[str, Any]) -> Lifecycle:
-        """The running app's lifecycle; ``state`` is the lifespan state the suite passed."""
+    def lifecycle(self, app: ASGIApp) -> Lifecycle:
+        """The running app's lifecycle, found the integration's way (``get_lifecycle(app)``)."""
+        ...
+
+    def mount(self, app: ASGIApp) -> ASGIApp | None:
+        """An app of the same framework, *without* portside, mounting ``app`` at ``/inner``.
+
+        ``None`` where the framework does not compose apps by mounting them.
+        """
         ...

@@ -325,7 +325,7 @@ class Stage:
         """Start ``app`` (default: :meth:`build`), recreate its tables, stop it on exit."""
         app = self.build() if app is None else app
         async with AppRunner(app) as runner:
-            lifecycle = self.harness.lifecycle(app, runner.state)
+            lifecycle = self.harness.lifecycle(app)
             running = RunningApp(
                 runner,
                 lifecycle,
@@ -580,6 +580,51 @@ class ConformanceSuite:
             assert (await app.request("POST", "/items/deferred", {"name": "y"})).status >= 500
             assert app.sql_threads, "the sync engine ran no SQL: do the handlers use it?"
             assert loop_thread not in app.sql_threads, "sync SQL ran on the event loop thread"
+
+    async def test_sync_session_on_the_event_loop_raises(self, stage: Stage) -> None:
+        """A sync session queried on the event loop fails at once (500), leaking nothing."""
+        async with stage.running() as app:
+            response = await app.request("GET", "/sync-on-loop")
+            assert response.status == 500
+            # Frameworks that report handler errors themselves (Litestar) raise nothing here.
+            raised = [type(error).__name__ for error in app.runner.errors]
+            assert raised in ([], ["BlockingSessionError"])
+            assert app.sql_threads == set(), "the sync session ran SQL on the event loop"
+            await app.assert_no_transaction_left_open()
+
+    # -- websockets and mounted apps ------------------------------------------------------
+
+    async def test_websocket_opens_a_unit_per_message(self, stage: Stage) -> None:
+        """A websocket commits one unit per message and holds no connection in between."""
+        async with stage.running() as app:
+            async with app.runner.websocket("/ws/items") as socket:
+                for name in ("ws-1", "ws-2", "ws-3"):
+                    await socket.send_json({"name": name})
+                    assert isinstance((await socket.receive_json())["id"], int)
+                    assert app.checked_out() == 0, "a connection is held between messages"
+                    assert app.lifecycle.in_flight == 0
+                    assert await app.count(name=name) == 1
+            assert socket.error is None
+            await app.assert_no_transaction_left_open()
+
+    async def test_websocket_gets_no_request_session(self, stage: Stage) -> None:
+        """Asking for the request's session in a websocket says to open a unit per message."""
+        async with stage.running() as app:
+            async with app.runner.websocket("/ws/request-session") as socket:
+                assert await socket.receive_json() == {"error": "NoRequestSessionError"}
+            await app.assert_no_transaction_left_open()
+
+    async def test_mounted_app_without_the_outer_install_says_so(self, stage: Stage) -> None:
+        """portside on a mounted app whose lifespan never ran: an error saying what to do."""
+        outer = stage.harness.mount(stage.build())
+        if outer is None:
+            pytest.skip(f"{stage.harness.name} does not compose apps by mounting them")
+        async with AppRunner(outer) as runner:
+            response = await runner.request("POST", "/inner/items", json={"name": "lost"})
+        assert response.status == 500
+        assert response.error is not None
+        assert type(response.error).__name__ == "LifecycleStateError"
+        assert "outer app" in str(response.error)
 
     async def test_session_used_after_the_response_refuses(self, stage: Stage) -> None:
         """A background task using the request's session gets UnitOfWorkEndedError."""
