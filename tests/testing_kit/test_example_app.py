@@ -18,7 +18,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from portside import DatabaseSettings, Lifecycle
-from portside_testing.client import ClientFactory
+from portside_testing import ClientFactory
 
 from .conftest import committed_rows
 

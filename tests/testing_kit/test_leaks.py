@@ -13,7 +13,6 @@ pytest_plugins = ["pytester"]
 INNER_TESTS = """
 import pytest
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -39,13 +38,13 @@ async def close_what_was_leaked():
 
 
 async def leak_connection(request):
-    engine = portside_starlette.lifecycle(request).database().require_async().engine
+    engine = portside_starlette.get_lifecycle(request).database().async_engine
     held.append(await engine.connect())
     return JSONResponse({})
 
 
 async def leak_unit_of_work(request):
-    unit = portside_starlette.lifecycle(request).unit_of_work()
+    unit = portside_starlette.get_lifecycle(request).unit_of_work()
     await unit.async_session()  # opened, never finished
     held.append(unit)
     return JSONResponse({})
@@ -58,11 +57,9 @@ async def fine(request):
 
 def create_app():  # settings from DATABASE_*, which portside_client points at the test db
     routes = [Route("/connection", leak_connection), Route("/unit", leak_unit_of_work)]
-    return Starlette(
-        routes=[*routes, Route("/fine", fine)],
-        middleware=[Middleware(portside_starlette.UnitOfWorkMiddleware)],
-        lifespan=portside_starlette.lifespan(),
-    )
+    app = Starlette(routes=[*routes, Route("/fine", fine)])
+    portside_starlette.install(app)
+    return app
 
 
 async def test_leaks_a_connection(portside_client):
@@ -76,7 +73,7 @@ async def test_leaks_a_unit_of_work(portside_client):
 
 
 async def test_leaks_from_its_own_lifecycle(portside_lifecycle):
-    held.append(await portside_lifecycle.database().require_async().engine.connect())
+    held.append(await portside_lifecycle.database().async_engine.connect())
 
 
 async def test_gives_everything_back(portside_client):
@@ -123,4 +120,85 @@ def test_leaks_fail_the_test_with_a_clear_message(
             "FAILED test_inner.py::test_leaks_from_its_own_lifecycle - *ConnectionLeakError*",
         ],
         consecutive=False,
+    )
+
+
+LITESTAR_TESTS = """
+import pytest
+from litestar import Litestar, get
+
+from portside_litestar import AsyncSessionDep, LifecycleDep, PortsidePlugin
+
+pytestmark = pytest.mark.anyio
+held = []
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+async def close_what_was_leaked():
+    yield
+    for connection in reversed(held):
+        await connection.invalidate()  # its pool is gone: close the driver connection
+        await connection.close()
+    held.clear()
+
+
+@get("/connection")
+async def leak_connection(lifecycle: LifecycleDep) -> None:
+    held.append(await lifecycle.database().async_engine.connect())
+
+
+@get("/fine")
+async def fine(db_session: AsyncSessionDep) -> None:
+    await db_session.connection()
+
+
+def create_app():  # settings from DATABASE_*, which portside_client points at the test db
+    return Litestar([leak_connection, fine], plugins=[PortsidePlugin()])
+
+
+async def test_leaks_a_connection_on_litestar(portside_client):
+    async with portside_client(create_app()) as client:
+        assert client.lifecycle.binding is not None  # the test's transaction
+        assert (await client.get("/connection")).status == 200
+
+
+async def test_gives_everything_back_on_litestar(portside_client):
+    async with portside_client(create_app()) as client:
+        assert (await client.get("/fine")).status == 200
+"""
+
+
+def test_a_leak_fails_a_litestar_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("PORTSIDE_TEST_DATABASE_URL", "DATABASE_URL", "DATABASE_ASYNC_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLUMNS", "300")  # untruncated summary lines
+    pytester.makepyfile(test_inner=LITESTAR_TESTS)
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "error",
+        # advanced-alchemy, which Litestar imports when installed (as the project's own
+        # pytest configuration says).
+        "-W",
+        "ignore:The declarative_mixin decorator:DeprecationWarning",
+        "-ra",
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*portside: the test leaked database resources (checked when the client exited*",
+            "*- database 'default' (sqlite+aiosqlite:///*/test.db), async engine: "
+            "1 connection(s) checked out and never returned",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        ["FAILED test_inner.py::test_leaks_a_connection_on_litestar - *ConnectionLeakError*"]
     )

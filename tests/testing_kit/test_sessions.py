@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert
 from sqlmodel import select
 
-from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
-from portside.outer_transaction import active_outer_transaction
+from portside import AsyncSession, DatabaseSettings, Lifecycle, Session, current_binding
+from portside_testing import OuterTransaction
 
 from .conftest import committed_rows
 
@@ -43,10 +43,12 @@ async def count_in_unit(lifecycle: Lifecycle) -> int:
 async def test_async_session_and_units_of_work_share_the_transaction(
     portside_async_session: AsyncSession,
     portside_lifecycle: Lifecycle,
+    portside_transaction: OuterTransaction,
     portside_settings: DatabaseSettings,
     request: Any,
 ) -> None:
-    assert active_outer_transaction() is not None
+    assert current_binding() is portside_transaction
+    assert portside_lifecycle.binding is portside_transaction
     await portside_async_session.exec(insert(notes).values(body="from the test"))
     await portside_async_session.commit()  # releases a savepoint only
     # Code under test opens its own unit of work: it sees the row, and adds one.

@@ -12,14 +12,13 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert
 from sqlmodel import select
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import portside_starlette
 from portside import DatabaseSettings
-from portside_testing.client import ClientFactory
+from portside_testing import ClientFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -71,17 +70,17 @@ async def boom(request: Request) -> JSONResponse:
 
 
 def create_app(settings: DatabaseSettings) -> Starlette:
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/boom", boom),
             Route("/nested", nested, methods=["POST"]),
             Route("/notes", read),
             Route("/sync", write_sync, methods=["POST"]),
             Route("/sync", read_sync),
-        ],
-        middleware=[Middleware(portside_starlette.UnitOfWorkMiddleware)],
-        lifespan=portside_starlette.lifespan(settings),
+        ]
     )
+    portside_starlette.install(app, settings)
+    return app
 
 
 async def test_savepoints_nest_inside_the_tests_transaction(
