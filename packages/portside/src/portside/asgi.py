@@ -36,6 +36,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from portside.errors import (
     LifecycleStateError,
     NoRequestSessionError,
+    PartialCommitError,
     PortsideError,
     is_database_unavailable,
 )
@@ -150,6 +151,9 @@ def unit_of_work_from_scope(scope: Scope) -> UnitOfWork:
 
 def error_response(exc: BaseException) -> tuple[int, dict[str, str]]:
     """Status and JSON body answering a request whose database work failed."""
+    if isinstance(exc, PartialCommitError):
+        # Never "try again": repeating the request would repeat what did commit.
+        return 500, {"detail": str(exc).split(" (portside")[0] + "."}
     if is_database_unavailable(exc):
         return 503, {"detail": "The database is unavailable; try again shortly."}
     return 500, {"detail": "The change could not be saved; nothing was committed."}

@@ -52,6 +52,26 @@ class UnitOfWorkEndedError(PortsideError, InvalidRequestError):
     """
 
 
+class PartialCommitError(PortsideError):
+    """A unit of work over several databases committed some of them, not all.
+
+    portside commits one database after the other (there is no two-phase commit),
+    so when a later commit fails the earlier ones stay committed. The failed
+    commit's exception is the ``__cause__``.
+    """
+
+    def __init__(self, *, committed: tuple[str, ...], failed: str) -> None:
+        self.committed = committed
+        self.failed = failed
+        names = ", ".join(repr(name) for name in committed)
+        super().__init__(
+            f"Database(s) {names} committed, but the commit of database {failed!r} failed, "
+            "so the change was saved only partly (portside commits several databases one "
+            "after the other, with no two-phase commit). Make the work on the later "
+            "database safe to repeat, or keep one change in one database."
+        )
+
+
 class BlockingSessionError(PortsideError, RuntimeError):
     """A sync session was used on an event loop's thread, where its I/O would block."""
 

@@ -23,11 +23,11 @@ import anyio
 import anyio.to_thread
 from sqlalchemy.exc import IllegalStateChangeError
 
-from portside.errors import LifecycleStateError
+from portside.errors import LifecycleStateError, PartialCommitError
 from portside.event_loop import on_event_loop_thread
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from portside.database import Database
     from portside.in_flight import InFlight
@@ -84,6 +84,31 @@ async def _close_async(session: AsyncSession, limit: float) -> None:
             await session.invalidate()
         except Exception:
             logger.exception("invalidating a session's connection failed")
+
+
+def _partial(done: list[str], failed: str, exc: Exception) -> PartialCommitError | None:
+    """The error for a commit of ``failed`` that failed after ``done`` had committed."""
+    if not done:
+        return None
+    logger.error(
+        "database(s) %s committed, database %r did not (%s): the unit of work was saved "
+        "only partly",
+        ", ".join(repr(name) for name in done),
+        failed,
+        type(exc).__name__,
+    )
+    return PartialCommitError(committed=tuple(done), failed=failed)
+
+
+async def _commit_step(commit: Awaitable[None], name: str, done: list[str]) -> None:
+    """Await one database's commit; record it, or raise saying what was saved."""
+    try:
+        await commit
+    except Exception as exc:
+        if (partial := _partial(done, name, exc)) is None:
+            raise
+        raise partial from exc
+    done.append(name)
 
 
 class UnitOfWork:
@@ -194,18 +219,22 @@ class UnitOfWork:
         """End the unit once: commit (or roll back) every session, then close them.
 
         If a commit fails, every session not yet committed is rolled back and the
-        commit's exception is raised after cleanup. Calling it again does nothing.
+        commit's exception is raised after cleanup; if an earlier database had
+        already committed, it is raised as the cause of a :class:`PartialCommitError`
+        saying which did and which did not (there is no two-phase commit). Calling
+        it again does nothing.
         """
         if self._ended:
             return
         self._ended = True
         committed = False
+        done: list[str] = []
         try:
             if commit:
-                for async_session in self._async.values():
-                    await async_session.commit()
-                for sync_session in self._sync.values():
-                    await anyio.to_thread.run_sync(sync_session.commit)
+                for name, async_session in self._async.items():
+                    await _commit_step(async_session.commit(), name, done)
+                for name, sync_session in self._sync.items():
+                    await _commit_step(anyio.to_thread.run_sync(sync_session.commit), name, done)
                 committed = True
         finally:
             if committed:
@@ -269,10 +298,17 @@ class UnitOfWork:
             raise LifecycleStateError(
                 "finish_blocking() cannot end async sessions; use `await finish()`."
             )
+        done: list[str] = []
         try:
             if commit:
-                for sync_session in self._sync.values():
-                    sync_session.commit()
+                for name, sync_session in self._sync.items():
+                    try:
+                        sync_session.commit()
+                    except Exception as exc:
+                        if (partial := _partial(done, name, exc)) is None:
+                            raise
+                        raise partial from exc
+                    done.append(name)
         finally:
             try:
                 for sync_session in self._sync.values():
