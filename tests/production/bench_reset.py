@@ -36,7 +36,7 @@ async def measure(url: str, units: int, *, reset: bool) -> tuple[float, float]:
         async_mean = (time.perf_counter() - started) / units
 
         def sync_units() -> float:
-            engine = lifecycle.database().require_sync().engine
+            engine = lifecycle.database().engine
             started = time.perf_counter()
             for _ in range(units):
                 with engine.begin() as connection:

@@ -7,9 +7,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
+from litestar import Litestar
 
+import portside_litestar
+import portside_starlette
 from portside import Lifecycle
-from portside.asgi import LIFECYCLE_STATE_KEY
 from portside_testing.asgi import AppRunner, Response
 
 
@@ -68,15 +70,17 @@ def report(test: str, **counts: object) -> None:
 
 
 def lifecycle_of(runner: AppRunner) -> Lifecycle:
-    """The running app's lifecycle: in lifespan state, or on Litestar's ``app.state``."""
-    lifecycle = runner.state.get(LIFECYCLE_STATE_KEY)
-    if lifecycle is None:
-        lifecycle = runner.app.state[LIFECYCLE_STATE_KEY]  # type: ignore[attr-defined]
+    """The running app's lifecycle, as the app's integration hands it out."""
+    app = runner.app
+    if isinstance(app, Litestar):
+        lifecycle = portside_litestar.get_lifecycle(app)
+    else:  # FastAPI is Starlette
+        lifecycle = portside_starlette.get_lifecycle(app)  # type: ignore[arg-type]
     assert isinstance(lifecycle, Lifecycle)
     return lifecycle
 
 
 def checked_out(runner: AppRunner) -> int:
     """Connections the app's pools have lent out right now (0 between requests)."""
-    pools = lifecycle_of(runner).database().pools()
+    pools = lifecycle_of(runner).database().pool_status()
     return sum(status.checked_out or 0 for status in pools.values())
