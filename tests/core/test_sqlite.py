@@ -218,20 +218,21 @@ async def test_a_unit_that_cannot_get_in_releases_everything(tmp_path: Path) -> 
         release = anyio.Event()
 
         async def holder() -> None:
-            async with lifecycle.async_session():
+            async with lifecycle.async_session() as session:
+                await session.exec(select(1))  # the gate is taken at the first statement
                 holder_in.set()
                 await release.wait()
 
         def blocked_sync() -> None:
-            with pytest.raises(PoolTimeoutError), lifecycle.session():
-                pass
+            with pytest.raises(PoolTimeoutError), lifecycle.session() as session:
+                session.exec(select(1))
 
         async with anyio.create_task_group() as group:
             group.start_soon(holder)
             await holder_in.wait()
             with pytest.raises(PoolTimeoutError):
-                async with lifecycle.async_session():
-                    pass
+                async with lifecycle.async_session() as session:
+                    await session.exec(select(1))
             await anyio.to_thread.run_sync(blocked_sync)
             release.set()
         assert lifecycle.in_flight == 0

@@ -72,6 +72,13 @@ class PartialCommitError(PortsideError):
         )
 
 
+class GateDeadlockError(PortsideError):
+    """Two units of work waited for each other's SQLite writer turn; this one gave up.
+
+    Nothing was committed by the unit that raised it; the request may be retried.
+    """
+
+
 class BlockingSessionError(PortsideError, RuntimeError):
     """A sync session was used on an event loop's thread, where its I/O would block."""
 

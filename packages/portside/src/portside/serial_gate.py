@@ -16,10 +16,33 @@ from collections import deque
 import anyio
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from portside.errors import GateDeadlockError
 from portside.event_loop import on_event_loop_thread
+
+__all__ = ["GateHolder", "SerialGate"]
 
 _FIRST_POLL_INTERVAL = 0.0005
 _MAX_POLL_INTERVAL = 0.005
+
+
+# Guards the wait-for graph: who holds which gate, who waits for which.
+_graph_lock = threading.Lock()
+
+
+class GateHolder:
+    """Who takes gates: a unit of work. Knows the gate it waits for, if any.
+
+    Two units that each hold a gate and wait for the other's (two SQLite databases
+    written in opposite orders) would wait for each other until both time out. A
+    holder about to wait looks along the chain of holders and waits instead; the
+    one whose wait would close a circle fails at once with
+    :class:`~portside.errors.GateDeadlockError`, and the others go on.
+    """
+
+    __slots__ = ("waiting_for",)
+
+    def __init__(self) -> None:
+        self.waiting_for: SerialGate | None = None
 
 
 class SerialGate:
@@ -38,6 +61,7 @@ class SerialGate:
         self._lock = threading.Lock()
         self._timeout = timeout
         self._waiting: deque[anyio.Event] = deque()  # event-loop waiters, in order
+        self._holder: GateHolder | None = None
 
     def _timed_out(self) -> PoolTimeoutError:
         return PoolTimeoutError(
@@ -45,19 +69,62 @@ class SerialGate:
             f"did not finish within {self._timeout:g}s (DATABASE_POOL_TIMEOUT)"
         )
 
-    def acquire_blocking(self) -> None:
-        """Wait in this (worker) thread until the gate is ours."""
-        if not self._lock.acquire(timeout=self._timeout):
-            raise self._timed_out()
+    def _start_waiting(self, holder: GateHolder | None) -> None:
+        """Record that ``holder`` waits for this gate, unless that closes a circle."""
+        if holder is None:
+            return
+        with _graph_lock:
+            other = self._holder
+            while other is not None:
+                if other is holder:
+                    raise GateDeadlockError(
+                        "This unit of work holds one SQLite database's writer turn and "
+                        "asked for another's, which a second unit holds while it waits for "
+                        "the first: waiting would deadlock both, so this one gives up. It "
+                        "rolled back and can be retried; writing several SQLite databases "
+                        "in the same order everywhere avoids this."
+                    )
+                other = other.waiting_for._holder if other.waiting_for else None
+            holder.waiting_for = self
 
-    async def acquire(self) -> None:
+    @staticmethod
+    def _stop_waiting(holder: GateHolder | None) -> None:
+        if holder is not None:
+            holder.waiting_for = None
+
+    def _taken_by(self, holder: GateHolder | None) -> None:
+        self._holder = holder
+
+    def acquire_blocking(self, holder: GateHolder | None = None) -> None:
+        """Wait in this (worker) thread until the gate is ours."""
+        if self._lock.acquire(blocking=False):
+            self._taken_by(holder)
+            return
+        self._start_waiting(holder)
+        try:
+            if not self._lock.acquire(timeout=self._timeout):
+                raise self._timed_out()
+        finally:
+            self._stop_waiting(holder)
+        self._taken_by(holder)
+
+    async def acquire(self, holder: GateHolder | None = None) -> None:
         """Wait without blocking the event loop until the gate is ours.
 
         Never parks a thread of the shared pool per waiter: that could starve the
         holder, if it is a worker thread, of the thread it needs to finish.
         """
         if not self._waiting and self._lock.acquire(blocking=False):
+            self._taken_by(holder)
             return
+        self._start_waiting(holder)
+        try:
+            await self._wait_for_turn()
+        finally:
+            self._stop_waiting(holder)
+        self._taken_by(holder)
+
+    async def _wait_for_turn(self) -> None:
         deadline = time.monotonic() + self._timeout
         interval = _FIRST_POLL_INTERVAL
         turn = anyio.Event()
@@ -85,6 +152,7 @@ class SerialGate:
 
     def release(self) -> None:
         """Let the next unit of work in."""
+        self._holder = None
         self._lock.release()
         if self._waiting and on_event_loop_thread():
             self._waiting[0].set()

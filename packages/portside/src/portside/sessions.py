@@ -14,6 +14,8 @@ works, and SQLAlchemy-only models work too) with two additions:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session as _SQLModelSession
 from sqlmodel.ext.asyncio.session import AsyncSession as _SQLModelAsyncSession
@@ -42,13 +44,21 @@ class _EndableSession(_SQLModelSession):
     """A SQLModel ``Session`` that cannot be used after its unit of work ended."""
 
     _portside_ended: bool = False
+    _portside_before_first_statement: Callable[[], object] | None = None
 
     def _autobegin_t(self, begin: bool = False) -> SessionTransaction:
         # The one place every query, flush and connection() goes through before it
-        # needs a transaction: refusing here covers them all.
+        # needs a transaction: refusing (or waiting for a turn) here covers them all.
         if self._portside_ended:
             raise UnitOfWorkEndedError(_ENDED_MESSAGE)
+        if self._portside_before_first_statement is not None:
+            self._portside_before_first_statement()
+            self._portside_before_first_statement = None  # only once it has succeeded
         return super()._autobegin_t(begin)
+
+    def before_first_statement(self, hook: Callable[[], object]) -> None:
+        """Run ``hook`` before the session's first statement (the unit's gates)."""
+        self._portside_before_first_statement = hook
 
     def mark_ended(self) -> None:
         """Make every later use raise :class:`~portside.errors.UnitOfWorkEndedError`."""

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Self
 import anyio
 import anyio.to_thread
 from sqlalchemy.exc import IllegalStateChangeError
+from sqlalchemy.util import await_
 
 from portside.errors import LifecycleStateError, PartialCommitError
 from portside.event_loop import on_event_loop_thread
+from portside.serial_gate import GateHolder
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -139,6 +141,7 @@ class UnitOfWork:
         self._sync: dict[str, Session] = {}
         self._async: dict[str, AsyncSession] = {}
         self._gates: list[SerialGate] = []
+        self._holder = GateHolder()
         self._counted = False
         self._ended = False
 
@@ -159,40 +162,58 @@ class UnitOfWork:
             )
         return self._databases(name)
 
-    def _admit(self, gates: list[SerialGate]) -> list[SerialGate]:
-        """Count this unit as in flight; return the gates it still has to pass."""
+    def _admit(self) -> None:
+        """Count this unit as in flight (once)."""
         if not self._counted:
             self._in_flight.enter()
             self._counted = True
-        return [gate for gate in gates if gate not in self._gates]
+
+    async def _pass(self, gates: list[SerialGate]) -> None:
+        for gate in gates:
+            if gate not in self._gates:
+                await gate.acquire(self._holder)
+                self._gates.append(gate)
+
+    def _pass_blocking(self, gates: list[SerialGate]) -> None:
+        for gate in gates:
+            if gate not in self._gates:
+                gate.acquire_blocking(self._holder)
+                self._gates.append(gate)
 
     async def async_session(self, name: str | None = None) -> AsyncSession:
-        """The unit's async session for database ``name`` (default: the first one)."""
+        """The unit's async session for database ``name`` (default: the first one).
+
+        Handing it out does no I/O and waits for nothing: its database's gate (the
+        SQLite writer's turn) is taken at its first statement, so a handler that asks
+        for the session before reading a slow client's body holds up nobody.
+        """
         database = self._database(name)
         session = self._async.get(database.name)
         if session is None:
             gates = database.gates(database.async_port(), writes=self.writes)
-            for gate in self._admit(gates):
-                await gate.acquire()
-                self._gates.append(gate)
+            self._admit()
             session = await database.new_async_session(writes=self.writes)
+            if gates:
+                # The first statement runs in SQLAlchemy's greenlet, which can await.
+                session.sync_session.before_first_statement(lambda: await_(self._pass(gates)))
             self._async[database.name] = session
         return session
 
     async def session(self, name: str | None = None) -> Session:
         """The unit's sync session for database ``name``, asked for from the event loop.
 
-        Creating it does no I/O on the event loop; the session itself refuses to
-        run on it: use it only from worker threads (sync endpoints).
+        Handing it out does no I/O; the session itself refuses to run on the event
+        loop: use it only from worker threads (sync endpoints), where its first
+        statement waits for its database's gate.
         """
         database = self._database(name)
         session = self._sync.get(database.name)
         if session is None:
             gates = database.gates(database.sync_port(), writes=self.writes)
-            for gate in self._admit(gates):
-                await gate.acquire()
-                self._gates.append(gate)
+            self._admit()
             session = await database.new_session(writes=self.writes)
+            if gates:
+                session.before_first_statement(lambda: self._pass_blocking(gates))
             self._sync[database.name] = session
         return session
 
@@ -208,10 +229,10 @@ class UnitOfWork:
         session = self._sync.get(database.name)
         if session is None:
             gates = database.gates(database.sync_port(), writes=self.writes)
-            for gate in self._admit(gates):
-                gate.acquire_blocking()
-                self._gates.append(gate)
+            self._admit()
             session = database.new_session_blocking(writes=self.writes)
+            if gates:
+                session.before_first_statement(lambda: self._pass_blocking(gates))
             self._sync[database.name] = session
         return session
 
