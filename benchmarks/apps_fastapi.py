@@ -29,8 +29,7 @@ from benchmarks.models import (
     floor_item,
     floor_list,
 )
-from portside.asgi import LIFECYCLE_STATE_KEY
-from portside_fastapi import AsyncSessionDep, UnitOfWorkMiddleware
+from portside_fastapi import AsyncSessionDep
 
 
 def _not_found(item_id: int) -> HTTPException:
@@ -38,9 +37,12 @@ def _not_found(item_id: int) -> HTTPException:
 
 
 def portside_app(database: BenchDatabase) -> AppBundle:
-    """portside-fastapi as its README shows it: lifespan, middleware, ``AsyncSessionDep``."""
-    app = FastAPI(lifespan=portside_fastapi.lifespan(database.settings))
-    app.add_middleware(UnitOfWorkMiddleware)
+    """portside-fastapi as its README shows it: ``install``, ``AsyncSessionDep``.
+
+    No readiness route: every contestant serves the same three routes and no other.
+    """
+    app = FastAPI()
+    portside_fastapi.install(app, database.settings, readiness_path=None)
 
     @app.get("/items/{item_id}", response_model=ItemRead)
     async def read_item(item_id: int, session: AsyncSessionDep) -> Item:
@@ -57,9 +59,8 @@ def portside_app(database: BenchDatabase) -> AppBundle:
     async def create_item(data: ItemCreate, session: AsyncSessionDep) -> Item:
         return await queries.add_item(session, data)
 
-    def engine(state: dict[str, Any]) -> AsyncEngine:
-        adapter = state[LIFECYCLE_STATE_KEY].database().async_
-        return adapter.engine  # type: ignore[no-any-return]
+    def engine(_state: dict[str, Any]) -> AsyncEngine:
+        return portside_fastapi.get_lifecycle(app).database().async_engine
 
     return AppBundle(app, engine)
 

@@ -19,6 +19,7 @@ from litestar.types import ControllerRouterHandler
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+import portside_litestar
 from benchmarks import queries
 from benchmarks.contestant import AppBundle
 from benchmarks.databases import BenchDatabase
@@ -31,7 +32,6 @@ from benchmarks.models import (
     floor_item,
     floor_list,
 )
-from portside.asgi import LIFECYCLE_STATE_KEY
 from portside_litestar import AsyncSessionDep, PortsidePlugin
 
 # Litestar deprecates parameters inferred from a bare type: these say where each comes from.
@@ -80,8 +80,7 @@ def portside_app(database: BenchDatabase) -> AppBundle:
     )
 
     def engine(_state: dict[str, Any]) -> AsyncEngine:
-        adapter = app.state[LIFECYCLE_STATE_KEY].database().async_
-        return adapter.engine  # type: ignore[no-any-return]
+        return portside_litestar.get_lifecycle(app).database().async_engine
 
     return AppBundle(as_asgi(app), engine)
 

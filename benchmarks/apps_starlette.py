@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -32,8 +31,6 @@ from benchmarks.models import (
     floor_item,
     floor_list,
 )
-from portside.asgi import LIFECYCLE_STATE_KEY
-from portside_starlette import UnitOfWorkMiddleware
 
 Endpoint = Callable[[Request], Awaitable[JSONResponse]]
 SessionOpener = Callable[[Request], Any]
@@ -64,7 +61,10 @@ def _routes(read: Endpoint, page: Endpoint, create: Endpoint) -> list[Route]:
 
 
 def portside_app(database: BenchDatabase) -> AppBundle:
-    """portside-starlette as its README shows it: lifespan, middleware, ``async_session``."""
+    """portside-starlette as its README shows it: ``install``, ``async_session``.
+
+    No readiness route: every contestant serves the same three routes and no other.
+    """
 
     async def read_item(request: Request) -> JSONResponse:
         item_id: int = request.path_params["item_id"]
@@ -84,15 +84,11 @@ def portside_app(database: BenchDatabase) -> AppBundle:
         item = await queries.add_item(session, data)
         return JSONResponse(_one(item), status_code=201)
 
-    app = Starlette(
-        routes=_routes(read_item, list_items, create_item),
-        middleware=[Middleware(UnitOfWorkMiddleware)],
-        lifespan=portside_starlette.lifespan(database.settings),
-    )
+    app = Starlette(routes=_routes(read_item, list_items, create_item))
+    portside_starlette.install(app, database.settings, readiness_path=None)
 
-    def engine(state: dict[str, Any]) -> AsyncEngine:
-        adapter = state[LIFECYCLE_STATE_KEY].database().async_
-        return adapter.engine  # type: ignore[no-any-return]
+    def engine(_state: dict[str, Any]) -> AsyncEngine:
+        return portside_starlette.get_lifecycle(app).database().async_engine
 
     return AppBundle(app, engine)
 
