@@ -23,6 +23,7 @@ from starlette.routing import Route
 import portside_starlette
 from portside import DatabaseSettings, GateDeadlockError, Lifecycle
 from portside_testing.asgi import AppRunner
+from portside_testing.conformance.models import Item, metadata
 
 pytestmark = pytest.mark.anyio
 
@@ -142,4 +143,24 @@ async def test_two_databases_in_opposite_orders_never_wait_in_a_circle(tmp_path:
             group.start_soon(write, "b", "a")
         assert time.monotonic() - started < 2  # not the 10 s pool timeout
         assert sorted(outcomes.values()) == ["committed", "gave up"]
+        assert lifecycle.in_flight == 0
+
+
+async def test_add_before_any_statement_still_takes_the_turn(tmp_path: Path) -> None:
+    """``add()`` needs no connection; the first flush after it waits for the turn."""
+    async with Lifecycle(_settings(tmp_path, pool_timeout=0.3)) as lifecycle:
+        await lifecycle.database().create_all(metadata)
+        async with lifecycle.async_session() as session:
+            session.add(Item(name="first"))  # used to fail: no greenlet to wait in
+        holder = lifecycle.unit_of_work()
+        held = await holder.async_session()
+        held.add(Item(name="held"))
+        await held.flush()
+        late = lifecycle.unit_of_work()
+        session = await late.async_session()
+        session.add(Item(name="late"))  # begins the transaction, takes no turn
+        with pytest.raises(Exception, match="DATABASE_POOL_TIMEOUT"):
+            await session.flush()
+        await late.finish(commit=False)
+        await holder.finish(commit=True)
         assert lifecycle.in_flight == 0

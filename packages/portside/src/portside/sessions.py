@@ -15,7 +15,9 @@ works, and SQLAlchemy-only models work too) with two additions:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session as _SQLModelSession
 from sqlmodel.ext.asyncio.session import AsyncSession as _SQLModelAsyncSession
@@ -47,14 +49,22 @@ class _EndableSession(_SQLModelSession):
     _portside_before_first_statement: Callable[[], object] | None = None
 
     def _autobegin_t(self, begin: bool = False) -> SessionTransaction:
-        # The one place every query, flush and connection() goes through before it
-        # needs a transaction: refusing (or waiting for a turn) here covers them all.
+        # The one place every add, query, flush and connection() goes through before
+        # it needs a transaction: refusing here covers them all.
         if self._portside_ended:
             raise UnitOfWorkEndedError(_ENDED_MESSAGE)
+        return super()._autobegin_t(begin)
+
+    def _connection_for_bind(
+        self, engine: Any, execution_options: Any = None, **kw: Any
+    ) -> Connection:
+        # Where a statement, flush or connection() first needs a connection (``add``
+        # never does): for an async session this runs in SQLAlchemy's greenlet,
+        # which the hook's wait needs.
         if self._portside_before_first_statement is not None:
             self._portside_before_first_statement()
             self._portside_before_first_statement = None  # only once it has succeeded
-        return super()._autobegin_t(begin)
+        return super()._connection_for_bind(engine, execution_options, **kw)
 
     def before_first_statement(self, hook: Callable[[], object]) -> None:
         """Run ``hook`` before the session's first statement (the unit's gates)."""
@@ -68,10 +78,12 @@ class _EndableSession(_SQLModelSession):
 class Session(_EndableSession):
     """portside's sync session: never used after its unit, never on an event loop."""
 
-    def _autobegin_t(self, begin: bool = False) -> SessionTransaction:
+    def _connection_for_bind(
+        self, engine: Any, execution_options: Any = None, **kw: Any
+    ) -> Connection:
         if on_event_loop_thread():
             raise BlockingSessionError(_ON_EVENT_LOOP_MESSAGE)
-        return super()._autobegin_t(begin)
+        return super()._connection_for_bind(engine, execution_options, **kw)
 
 
 class AsyncSession(_SQLModelAsyncSession):
