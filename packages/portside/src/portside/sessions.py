@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.util.concurrency import in_greenlet
 from sqlmodel import Session as _SQLModelSession
 from sqlmodel.ext.asyncio.session import AsyncSession as _SQLModelAsyncSession
 
@@ -35,7 +36,7 @@ _ENDED_MESSAGE = (
     "`async with lifecycle.async_session() as session: ...`."
 )
 _ON_EVENT_LOOP_MESSAGE = (
-    "A sync session was about to do I/O on the event loop's thread, which would stall "
+    "A sync session was used on the event loop's thread, where its I/O would stall "
     "every other request while it waits for the database. Use it only in a worker "
     "thread (a `def` endpoint, or `await anyio.to_thread.run_sync(work, session)`), "
     "or use the async session in `async def` code."
@@ -47,28 +48,40 @@ class _EndableSession(_SQLModelSession):
 
     _portside_ended: bool = False
     _portside_before_first_statement: Callable[[], object] | None = None
+    _portside_hook_awaits: bool = False
 
     def _autobegin_t(self, begin: bool = False) -> SessionTransaction:
         # The one place every add, query, flush and connection() goes through before
         # it needs a transaction: refusing here covers them all.
         if self._portside_ended:
             raise UnitOfWorkEndedError(_ENDED_MESSAGE)
+        self._pass_gates()
         return super()._autobegin_t(begin)
 
     def _connection_for_bind(
         self, engine: Any, execution_options: Any = None, **kw: Any
     ) -> Connection:
-        # Where a statement, flush or connection() first needs a connection (``add``
-        # never does): for an async session this runs in SQLAlchemy's greenlet,
-        # which the hook's wait needs.
-        if self._portside_before_first_statement is not None:
-            self._portside_before_first_statement()
-            self._portside_before_first_statement = None  # only once it has succeeded
+        # A statement in a transaction that add() began (outside the greenlet, so
+        # without waiting) gets its connection here, still before any I/O.
+        self._pass_gates()
         return super()._connection_for_bind(engine, execution_options, **kw)
 
-    def before_first_statement(self, hook: Callable[[], object]) -> None:
-        """Run ``hook`` before the session's first statement (the unit's gates)."""
+    def _pass_gates(self) -> None:
+        hook = self._portside_before_first_statement
+        if hook is None or (self._portside_hook_awaits and not in_greenlet()):
+            return  # nothing to wait for, or add(): no I/O yet, a later call waits
+        hook()
+        self._portside_before_first_statement = None  # only once it has succeeded
+
+    def before_first_statement(self, hook: Callable[[], object], *, awaits: bool) -> None:
+        """Run ``hook`` before the session first needs a connection (the unit's gates).
+
+        ``awaits``: the hook awaits through SQLAlchemy's greenlet (an async session's),
+        so it runs only where one is running; ``add()``, which needs no connection,
+        leaves it to the next statement or flush.
+        """
         self._portside_before_first_statement = hook
+        self._portside_hook_awaits = awaits
 
     def mark_ended(self) -> None:
         """Make every later use raise :class:`~portside.errors.UnitOfWorkEndedError`."""
@@ -78,12 +91,10 @@ class _EndableSession(_SQLModelSession):
 class Session(_EndableSession):
     """portside's sync session: never used after its unit, never on an event loop."""
 
-    def _connection_for_bind(
-        self, engine: Any, execution_options: Any = None, **kw: Any
-    ) -> Connection:
+    def _autobegin_t(self, begin: bool = False) -> SessionTransaction:
         if on_event_loop_thread():
             raise BlockingSessionError(_ON_EVENT_LOOP_MESSAGE)
-        return super()._connection_for_bind(engine, execution_options, **kw)
+        return super()._autobegin_t(begin)
 
 
 class AsyncSession(_SQLModelAsyncSession):

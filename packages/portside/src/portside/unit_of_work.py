@@ -195,7 +195,9 @@ class UnitOfWork:
             session = await database.new_async_session(writes=self.writes)
             if gates:
                 # The first statement runs in SQLAlchemy's greenlet, which can await.
-                session.sync_session.before_first_statement(lambda: await_(self._pass(gates)))
+                session.sync_session.before_first_statement(
+                    lambda: await_(self._pass(gates)), awaits=True
+                )
             self._async[database.name] = session
         return session
 
@@ -213,7 +215,7 @@ class UnitOfWork:
             self._admit()
             session = await database.new_session(writes=self.writes)
             if gates:
-                session.before_first_statement(lambda: self._pass_blocking(gates))
+                session.before_first_statement(lambda: self._pass_blocking(gates), awaits=False)
             self._sync[database.name] = session
         return session
 
@@ -232,7 +234,7 @@ class UnitOfWork:
             self._admit()
             session = database.new_session_blocking(writes=self.writes)
             if gates:
-                session.before_first_statement(lambda: self._pass_blocking(gates))
+                session.before_first_statement(lambda: self._pass_blocking(gates), awaits=False)
             self._sync[database.name] = session
         return session
 
