@@ -32,6 +32,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from portside.errors import LifecycleStateError, is_database_unavailable
+from portside.failures import classify
 from portside.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
@@ -112,16 +113,22 @@ def unit_of_work_from_scope(scope: Scope) -> UnitOfWork:
 
 
 def error_response(exc: BaseException) -> tuple[int, dict[str, str]]:
-    """Status and JSON body answering a request whose database work failed."""
-    if is_database_unavailable(exc):
-        return 503, {"detail": "The database is unavailable; try again shortly."}
-    return 500, {"detail": "The change could not be saved; nothing was committed."}
+    """Status and JSON body answering a request whose database work failed.
+
+    From the table in :mod:`portside.failures`; its ``classify(exc).headers`` are
+    the headers (``Retry-After``) that go with them.
+    """
+    failure = classify(exc)
+    return failure.status, {"detail": failure.detail}
 
 
 async def send_error(send: Send, exc: BaseException) -> None:
     """Send :func:`error_response` for ``exc`` as a complete JSON response."""
     status, body = error_response(exc)
     payload = json.dumps(body).encode()
+    extra = [
+        (name.lower().encode(), value.encode()) for name, value in classify(exc).headers.items()
+    ]
     await send(
         {
             "type": "http.response.start",
@@ -129,6 +136,7 @@ async def send_error(send: Send, exc: BaseException) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
+                *extra,
             ],
         }
     )
