@@ -48,6 +48,17 @@ class UnitOfWorkEndedError(PortsideError, InvalidRequestError):
     """
 
 
+class ReadOnlyUnitWriteError(PortsideError):
+    """A write in a unit of work hinted read-only met a lock it could not wait for.
+
+    On SQLite, read-only units (``writes=False``; the web integrations' GET, HEAD,
+    OPTIONS and TRACE requests) begin plain ``BEGIN`` transactions so they can run
+    concurrently; once such a transaction has read, its first write cannot wait for
+    the lock another writer took, and SQLite refuses it at once. A bug in where the
+    write is made, not an outage. The driver's error is the ``__cause__``.
+    """
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` is the database's failure, not a bug: portside answers it itself.
 
