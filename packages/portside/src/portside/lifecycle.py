@@ -19,7 +19,6 @@ from typing import Self
 
 import anyio
 import anyio.to_thread
-from sqlalchemy.exc import DBAPIError
 
 from portside.adapters import AsyncAdapter, PoolStatus, SyncAdapter, build_adapters
 from portside.errors import (
@@ -30,6 +29,7 @@ from portside.errors import (
     StartupError,
 )
 from portside.event_loop import running_asyncio
+from portside.failures import is_transient_at_startup as _is_transient
 from portside.health import DatabaseStatus
 from portside.outer_transaction import OuterTransaction, active_outer_transaction
 from portside.sessions import AsyncSession, Session
@@ -40,21 +40,6 @@ from portside.urls import redact
 logger = logging.getLogger("portside")
 
 _DRAIN_POLL_INTERVAL = 0.01
-# SQLSTATE class of authentication failures: retrying a wrong password never helps.
-_AUTHENTICATION_FAILED = "28"
-
-
-def _is_transient(exc: Exception) -> bool:
-    """Whether a startup check might pass if retried (the server may be coming up).
-
-    Anything else (a bad argument, a bug, a refused password) fails at once
-    instead of burning the whole startup timeout.
-    """
-    if isinstance(exc, DBAPIError):
-        sqlstate = getattr(exc.orig, "sqlstate", None)
-        return not (isinstance(sqlstate, str) and sqlstate.startswith(_AUTHENTICATION_FAILED))
-    return isinstance(exc, OSError | TimeoutError)
-
 
 _RETRY_FIRST_DELAY = 0.1
 _RETRY_MAX_DELAY = 2.0
