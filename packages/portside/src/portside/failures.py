@@ -27,10 +27,9 @@ BUG         500    -           everything else: SQL errors ("no such table", syn
                                constraint violations, misuse, any non-database error
 =========== ====== =========== =========================================================
 
-Nothing is committed in any of these cases. :attr:`Failure.heals` says whether
-the same attempt may succeed later unchanged; startup retries only those
-(:func:`is_transient_at_startup`): a refused login, a missing database or a bad
-SSL setting fail at once.
+:attr:`Failure.heals` says whether the same attempt may succeed later unchanged;
+startup retries only those (:func:`is_transient_at_startup`): a refused login, a
+missing database or a bad SSL setting fail at once.
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ _DETAILS = {
     Kind.CONFLICT: (
         "The change conflicted with a concurrent one and was not saved; retry the request."
     ),
-    Kind.TIMEOUT: "The database did not answer in time; nothing was committed.",
+    Kind.TIMEOUT: "The database did not answer in time; the request was not completed.",
     Kind.BUG: "The change could not be saved; nothing was committed.",
 }
 #: Seconds a client should wait before retrying, for the kinds where retrying helps.
