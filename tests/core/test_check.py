@@ -265,6 +265,26 @@ def test_malformed_url_as_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unescaped '@'" in document["error"]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:Tr0ub@dor/Secret@127.0.0.1:5432/app",
+        "postgresql://app:Tr0ub@dor?Secret@127.0.0.1:5432/app",
+        "postgresql://app:Tr0ub@dor#Secret@127.0.0.1:5432/app",
+    ],
+)
+@pytest.mark.parametrize("as_json", [False, True])
+def test_no_fragment_of_an_unescaped_password_is_printed(
+    capsys: pytest.CaptureFixture[str], url: str, as_json: bool
+) -> None:
+    result = run(capsys, "--url", url, "--timeout", "0.5", *(["--json"] if as_json else []))
+
+    assert_fails_cleanly(result, code=2, reason="unescaped '@'")
+    for text in result[1:]:
+        for fragment in ("Tr0ub", "dor", "Secret"):
+            assert fragment not in text
+
+
 def test_invalid_environment_setting(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -255,6 +255,37 @@ def test_unescaped_at_in_password_is_rejected_with_escaping_hint() -> None:
     assert "ss@db" not in error_texts(info.value)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgresql://app:Tr0ub@dor/Secret@db:5432/app",
+        "postgresql://app:Tr0ub@dor?Secret@db:5432/app",
+        "postgresql://app:Tr0ub@dor#Secret@db:5432/app",
+        "postgresql+asyncpg://app:Tr0ub@dor@Secret@db/app",
+    ],
+)
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "DATABASE_ASYNC_URL"])
+def test_an_unescaped_at_before_a_slash_or_question_mark_is_rejected(
+    monkeypatch: pytest.MonkeyPatch, raw: str, variable: str
+) -> None:
+    monkeypatch.setenv(variable, raw)
+    with pytest.raises(ConfigurationError, match="percent-encode") as info:
+        DatabaseSettings()
+
+    assert variable in str(info.value)
+    for fragment in ("Tr0ub", "dor", "Secret"):
+        assert fragment not in error_texts(info.value)
+
+
+def test_a_percent_encoded_at_slash_and_question_mark_are_accepted() -> None:
+    settings = DatabaseSettings(url="postgresql://app:Tr0ub%40dor%2FSe%3Fcret@db:5432/app")
+
+    assert settings.sync_url_object.password == "Tr0ub@dor/Se?cret"
+    for shown in (repr(settings), str(settings), settings.masked_url, settings.masked_async_url):
+        assert "Tr0ub" not in shown
+        assert "cret" not in shown
+
+
 def test_validation_through_model_validate_keeps_our_message() -> None:
     # model_validate bypasses __init__, so pydantic's wrapper is what surfaces.
     with pytest.raises(ValidationError) as info:

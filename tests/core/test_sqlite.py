@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import pytest
 from sqlalchemy import func, insert, select, text, update
 
 from portside import DatabaseSettings, Lifecycle
+from portside.asgi import error_response
+from portside.errors import ReadOnlyUnitWriteError, is_database_unavailable
 
 from .conftest import create_tables, notes
 
@@ -238,3 +241,55 @@ async def test_a_unit_that_cannot_get_in_releases_everything(tmp_path: Path) -> 
         assert lifecycle.in_flight == 0
         async with lifecycle.async_session() as session:  # the gate is free again
             await session.exec(select(1))
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_a_write_in_a_read_only_unit_that_meets_the_lock_says_why(
+    tmp_path: Path, kind: str
+) -> None:
+    """A read-only unit (GET) begins a plain BEGIN: once it has read, its write cannot
+    wait for the lock another unit took since. The error says so, and is no outage."""
+    async with Lifecycle(file_settings(tmp_path)) as lifecycle:
+        await create_tables(lifecycle)
+        async with lifecycle.async_session() as session:
+            await session.exec(insert(notes).values(id=1, body="0"))
+
+        async def write_meanwhile() -> None:
+            async with lifecycle.async_session() as writer:
+                await writer.exec(update(notes).values(body="writer"))
+
+        if kind == "async":
+            with pytest.raises(Exception) as caught:  # noqa: PT011 - the type is asserted below
+                async with lifecycle.async_session(writes=False) as reader:
+                    await reader.exec(select(notes))  # its snapshot
+                    await write_meanwhile()
+                    await reader.exec(update(notes).values(body="reader"))
+        else:
+
+            def read_then_write() -> None:
+                with lifecycle.session(writes=False) as reader:
+                    reader.exec(select(notes))
+                    anyio.from_thread.run(write_meanwhile)
+                    reader.exec(update(notes).values(body="reader"))
+
+            with pytest.raises(Exception) as caught:  # noqa: PT011
+                await anyio.to_thread.run_sync(read_then_write)
+        async with lifecycle.async_session() as session:
+            assert (await session.exec(select(notes.c.body))).scalar_one() == "writer"
+    assert isinstance(caught.value, ReadOnlyUnitWriteError), repr(caught.value)
+    message = str(caught.value)
+    assert "read-only" in message
+    assert "GET" in message
+    assert "writes=True" in message
+    assert "database is locked" in message  # what SQLite said
+    assert not is_database_unavailable(caught.value)
+    assert error_response(caught.value)[0] == 500
+
+
+async def test_a_read_only_unit_may_still_write_when_nobody_else_does(tmp_path: Path) -> None:
+    async with Lifecycle(file_settings(tmp_path)) as lifecycle:
+        await create_tables(lifecycle)
+        async with lifecycle.async_session(writes=False) as session:
+            await session.exec(insert(notes).values(id=1, body="from a GET"))
+        async with lifecycle.async_session() as session:
+            assert (await session.exec(select(func.count()).select_from(notes))).scalar_one() == 1

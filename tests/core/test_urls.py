@@ -146,6 +146,88 @@ def test_parse_errors_never_contain_the_password() -> None:
         assert_no_secret(error_texts(info.value))
 
 
+# The password is "Tr0ub@dor/Secret" (and the like), written without percent-encoding:
+# SQLAlchemy ends it at its first '@' and reads the rest as host, path or query.
+HOSTILE_FRAGMENTS = ("Tr0ub", "dor", "Secret")
+HOSTILE_URLS = [
+    pytest.param("postgresql://app:Tr0ub@dor/Secret@db:5432/app", id="at-then-slash"),
+    pytest.param("postgresql://app:Tr0ub@dor?Secret@db:5432/app", id="at-then-question"),
+    pytest.param("postgresql://app:Tr0ub@dor#Secret@db:5432/app", id="at-then-hash"),
+    pytest.param("postgresql://app:Tr0ub@dor@Secret@db:5432/app", id="several-at"),
+    pytest.param("postgresql+asyncpg://app:Tr0ub@dor/Secret@db/app", id="async"),
+    pytest.param("postgresql://app:Tr0ub@dor/Secret@db/app?sslmode=disable", id="query"),
+    pytest.param("postgresql://:Tr0ub@dor/Secret@db/app", id="no-user"),
+    pytest.param("postgresql://app@Tr0ub:dor/Secret@db/app", id="at-in-user"),
+    pytest.param("postgresql://app:Tr0ub/dor?Secret@db/app", id="slash-and-question"),
+    pytest.param("postgresql://app:Tr0ub#dorSecret@db/app", id="hash"),
+    # No user, an '@' in the query: SQLAlchemy reads "db" as the user, the rest as
+    # the password, and the query password's tail as the host.
+    pytest.param("postgresql://db:5432/app?password=Tr0ub@dorSecret", id="at-in-query"),
+]
+
+
+def assert_no_fragment(text: str) -> None:
+    leaked = [fragment for fragment in HOSTILE_FRAGMENTS if fragment in text]
+    assert not leaked, f"password fragment leaked: {text!r}"
+
+
+@pytest.mark.parametrize("raw", HOSTILE_URLS)
+def test_an_unescaped_at_anywhere_after_the_user_is_rejected(raw: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_url(raw, setting="DATABASE_URL")
+
+    message = str(info.value)
+    assert "DATABASE_URL" in message
+    assert "'%40'" in message
+    assert "quote_plus" in message
+    assert_no_fragment(error_texts(info.value))
+
+
+@pytest.mark.parametrize("raw", HOSTILE_URLS)
+def test_mask_url_shows_no_part_of_an_unescaped_password(raw: str) -> None:
+    masked = mask_url(raw)
+
+    assert_no_fragment(masked)
+    assert masked == UNPARSEABLE_URL or "db" in masked
+
+
+def test_mask_url_masks_an_unescaped_password_only_where_it_cannot_be_misread() -> None:
+    # Every '@' before the first '/': the password runs to the last one.
+    assert mask_url("postgresql://app:Tr0ub@dor@db:5432/app?password=Q9") == (
+        "postgresql://app:***@db:5432/app?password=***"
+    )
+    # An '@' after it: the password could end at any of them; nothing is shown.
+    assert mask_url("postgresql://app:Tr0ub@dor/Secret@db:5432/app") == UNPARSEABLE_URL
+
+
+@pytest.mark.parametrize(
+    ("raw", "password"),
+    [
+        ("postgresql://app:Tr0ub%40dor%2FSecret@db:5432/app", "Tr0ub@dor/Secret"),
+        ("postgresql://app:Tr0ub%40dor%3FSecret%23x@db/app", "Tr0ub@dor?Secret#x"),
+        ("postgresql://app:pa%2Fss@db/app", "pa/ss"),
+        ("postgresql://db/app?application_name=a@b", None),  # no user: no password to split
+    ],
+)
+def test_escaped_or_unambiguous_urls_are_accepted(raw: str, password: str | None) -> None:
+    url = parse_url(raw, setting="DATABASE_URL")
+
+    assert url.password == password
+    assert url.host == "db"
+    assert_no_fragment(mask_url(url))
+
+
+def test_sqlite_paths_may_hold_an_at() -> None:
+    assert parse_url("sqlite:////srv/a@b/app@1.db", setting="X").database == "/srv/a@b/app@1.db"
+
+
+def test_a_query_password_is_still_masked() -> None:
+    url = parse_url("postgresql://app@db/app?password=Tr0ub%40dor", setting="DATABASE_URL")
+
+    assert url.query["password"] == "Tr0ub@dor"
+    assert mask_url(url) == "postgresql://app@db/app?password=***"
+
+
 # -- derivation ------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 import portside_starlette
 from portside import DatabaseSettings, GateDeadlockError, Lifecycle
+from portside.failures import classify
 from portside_testing.asgi import AppRunner
 from portside_testing.conformance.models import Item, metadata
 
@@ -164,3 +165,8 @@ async def test_add_before_any_statement_still_takes_the_turn(tmp_path: Path) -> 
         await late.finish(commit=False)
         await holder.finish(commit=True)
         assert lifecycle.in_flight == 0
+
+
+def test_a_circle_of_turns_is_a_conflict_the_client_may_retry() -> None:
+    failure = classify(GateDeadlockError("circle"))
+    assert (failure.status, failure.headers) == (409, {"Retry-After": "1"})

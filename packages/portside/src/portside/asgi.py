@@ -40,6 +40,7 @@ from portside.errors import (
     PortsideError,
     is_database_unavailable,
 )
+from portside.failures import classify
 from portside.lifecycle import Databases, Lifecycle
 
 if TYPE_CHECKING:
@@ -150,19 +151,25 @@ def unit_of_work_from_scope(scope: Scope) -> UnitOfWork:
 
 
 def error_response(exc: BaseException) -> tuple[int, dict[str, str]]:
-    """Status and JSON body answering a request whose database work failed."""
+    """Status and JSON body answering a request whose database work failed.
+
+    From the table in :mod:`portside.failures`; its ``classify(exc).headers`` are
+    the headers (``Retry-After``) that go with them.
+    """
     if isinstance(exc, PartialCommitError):
         # Never "try again": repeating the request would repeat what did commit.
         return 500, {"detail": str(exc).split(" (portside")[0] + "."}
-    if is_database_unavailable(exc):
-        return 503, {"detail": "The database is unavailable; try again shortly."}
-    return 500, {"detail": "The change could not be saved; nothing was committed."}
+    failure = classify(exc)
+    return failure.status, {"detail": failure.detail}
 
 
 async def send_error(send: Send, exc: BaseException) -> None:
     """Send :func:`error_response` for ``exc`` as a complete JSON response."""
     status, body = error_response(exc)
     payload = json.dumps(body).encode()
+    extra = [
+        (name.lower().encode(), value.encode()) for name, value in classify(exc).headers.items()
+    ]
     await send(
         {
             "type": "http.response.start",
@@ -170,6 +177,7 @@ async def send_error(send: Send, exc: BaseException) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
+                *extra,
             ],
         }
     )

@@ -165,7 +165,8 @@ def _config_reason(exc: ConfigurationError | ValidationError) -> str:
 
 async def _check(name: str, settings: DatabaseSettings) -> dict[str, Any]:
     """Start a lifecycle for one database and describe it; failures become ``error``."""
-    kinds = [kind for kind in ("sync", "async") if settings.engines in (kind, "both")]
+    wanted = {"sync": ("sync",), "async": ("async",)}.get(settings.engines, ("sync", "async"))
+    kinds = list(wanted)
     urls = {"sync": settings.sync_url_object, "async": settings.async_url_object}
     masked = {"sync": settings.masked_url, "async": settings.masked_async_url}
     report: dict[str, Any] = {
@@ -181,6 +182,9 @@ async def _check(name: str, settings: DatabaseSettings) -> dict[str, Any]:
     }
     try:
         async with Lifecycle({name: settings}) as lifecycle:
+            kinds = list(lifecycle.database(name).kinds)  # "auto" built what is installed
+            report["urls"] = {kind: masked[kind] for kind in kinds}
+            report["drivers"] = {kind: driver_name(urls[kind]) for kind in kinds}
             status = (await lifecycle.ping())[name]
             if not status.up:
                 report["error"] = f"Database {name!r} ({masked[kinds[-1]]}) did not answer: "

@@ -6,11 +6,7 @@ URLs in them are always masked first.
 
 from __future__ import annotations
 
-from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-
-# SQLSTATE "read_only_sql_transaction".
-_READ_ONLY = "25006"
+from sqlalchemy.exc import InvalidRequestError
 
 
 class PortsideError(Exception):
@@ -91,17 +87,27 @@ class NoRequestSessionError(PortsideError, RuntimeError):
     """
 
 
-def is_database_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` means "the database cannot serve now" rather than "bad request".
+class ReadOnlyUnitWriteError(PortsideError):
+    """A write in a unit of work hinted read-only met a lock it could not wait for.
 
-    True for an exhausted pool (SQLAlchemy's pool ``TimeoutError``), a connection
-    that was lost or invalidated, an operational failure reported by the driver,
-    a write refused by a read-only server (SQLSTATE 25006: a demoted primary during a
-    failover), and a lifecycle that is shutting down. Integrations answer these with
-    503.
+    On SQLite, read-only units (``writes=False``; the web integrations' GET, HEAD,
+    OPTIONS and TRACE requests) begin plain ``BEGIN`` transactions so they can run
+    concurrently; once such a transaction has read, its first write cannot wait for
+    the lock another writer took, and SQLite refuses it at once. A bug in where the
+    write is made, not an outage. The driver's error is the ``__cause__``.
     """
-    if isinstance(exc, PoolTimeoutError | ShuttingDownError | OperationalError):
-        return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    return exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) == _READ_ONLY
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database's failure, not a bug: portside answers it itself.
+
+    True for every row of :mod:`portside.failures` but "bug": the database cannot
+    serve now (503: unreachable, connection lost, pool exhausted, read-only server,
+    shutting down, SQLite locked past its busy timeout), a concurrent transaction
+    won (409: serialization failure, deadlock, lock not available), or the
+    statement timed out (504). :func:`portside.asgi.error_response` gives the status
+    and body; the same request, retried, may succeed.
+    """
+    from portside.failures import Kind, classify  # noqa: PLC0415 - it imports this module
+
+    return classify(exc).kind is not Kind.BUG

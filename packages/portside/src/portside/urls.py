@@ -18,6 +18,7 @@ postgresql ``postgresql+psycopg://`` ``postgresql+asyncpg://``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from urllib.parse import quote, quote_plus
 
@@ -57,6 +58,11 @@ _ENCODE_HINT = (
 # libpq and psycopg accept ``?password=...`` and ``?sslpassword=...`` in the URL.
 _SECRET_QUERY_MARKERS = ("password", "passwd", "pwd", "secret")
 
+# What SQLAlchemy reads as ``user:password@`` right after ``scheme://``: a user name
+# without ':' or '/', and a password that runs to the first '@' (any '/', '?' or '#'
+# included).
+_USERINFO = re.compile(r"[^:/]*(?::[^@]*)?@")
+
 _SQLITE_SYNC = "sqlite"  # pysqlite, SQLAlchemy's default SQLite driver: written plainly
 _SQLITE_ASYNC = "sqlite+aiosqlite"
 _POSTGRESQL_SYNC = "postgresql+psycopg"
@@ -76,12 +82,22 @@ def parse_url(raw: str, *, setting: str) -> URL:
     file) is ignored.
 
     Raises :class:`~portside.errors.ConfigurationError`, whose message never
-    contains the password, when the text is not a URL, when the password holds an
-    unescaped ``@``, or when the backend or driver is unknown or unsupported.
+    contains the password, when the text is not a URL, when its user part is
+    ambiguous (an unescaped ``@``, ``/``, ``?`` or ``#`` in the password, or another
+    ``@`` anywhere after it), or when the backend or driver is unknown or unsupported.
     """
     text = raw.strip()
     if not text:
         raise ConfigurationError(f"{setting} is empty. {_SHAPE}.")
+    if _ambiguous_userinfo(text):
+        # SQLAlchemy would end the password at its first '@' and read the rest as the
+        # host, the path or the query, where masking cannot know it is a secret.
+        raise ConfigurationError(
+            f"{setting} has an unescaped '@' (or '/', '?', '#') in its user name or "
+            "password, or an '@' after its host, so the password cannot be told apart "
+            f"from the host, the database or the query: {_ENCODE_HINT}, and any other "
+            "'@' in the URL as '%40' too."
+        )
     # The errors are raised outside the except blocks so that they carry no
     # __context__: SQLAlchemy's message may quote a piece of the password.
     url: URL | None
@@ -97,13 +113,6 @@ def parse_url(raw: str, *, setting: str) -> URL:
         url, problem = None, f". {_SHAPE}"
     if url is None:
         raise ConfigurationError(f"{setting} is not a valid database URL{problem}.")
-    if url.host is not None and "@" in url.host:
-        # SQLAlchemy ends the password at its first '@' and silently reads the rest
-        # as the host, which then fails later as a baffling DNS error.
-        raise ConfigurationError(
-            f"{setting} has an unescaped '@' in its password, so part of the password "
-            f"was read as the host name: {_ENCODE_HINT}."
-        )
     url = _canonical(url)
     backend = url.get_backend_name()
     try:
@@ -205,12 +214,13 @@ def mask_url(url: URL | str) -> str:
     Safe for logs and error messages. Never raises: text that does not parse as a
     URL becomes :data:`UNPARSEABLE_URL`, because it may be a secret itself.
     """
+    if isinstance(url, str):
+        maskable = _without_ambiguous_password(url)
+        if maskable is None:
+            return UNPARSEABLE_URL
+        url = maskable
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-        if parsed.host is not None and "@" in parsed.host:
-            # An unescaped '@' put the password's tail into the host: show only the
-            # real host (after the last '@').
-            parsed = parsed.set(host=parsed.host.rpartition("@")[2])
         text = parsed.set(query={}).render_as_string(hide_password=True)
         pairs = [
             f"{quote_plus(key)}={_MASK if _is_secret_key(key) else quote_plus(value)}"
@@ -271,6 +281,43 @@ def driver_name(url: URL) -> str:
 
 
 # -- helpers --------------------------------------------------------------------------
+
+
+def _ambiguous_userinfo(text: str) -> bool:
+    """Whether raw URL text has a user part that other readers would split elsewhere.
+
+    Read on the text, not on the parsed URL. SQLAlchemy ends the password at its
+    first '@' and lets it hold '/', '?' and '#'; a URL reader following RFC 3986
+    ends the host part at the first '/', '?' or '#' and the password at the last
+    '@' before it. Where the two disagree (a second '@', or a '/', '?' or '#' before
+    the '@'), a piece of the password is read as the host, the database or the
+    query, and nothing tells it from them when the URL is shown.
+    """
+    _, separator, rest = text.partition("://")
+    userinfo = _USERINFO.match(rest) if separator else None
+    if userinfo is None:
+        return False
+    return rest.count("@") > 1 or any(char in userinfo.group() for char in "/?#")
+
+
+def _without_ambiguous_password(text: str) -> str | None:
+    """``text`` ready for masking, or ``None`` when no reading is safe to show.
+
+    An ambiguous URL is masked only if every '@' lies before its first '/', '?' or
+    '#': then the password runs to the last of them, as RFC 3986 reads it, and a
+    placeholder is masked in its place. Otherwise it is not shown at all.
+    """
+    if not _ambiguous_userinfo(text):
+        return text
+    scheme, _, rest = text.partition("://")
+    end = min((index for index in map(rest.find, "/?#") if index >= 0), default=len(rest))
+    authority, after = rest[:end], rest[end:]
+    if "@" in after or "@" not in authority:
+        return None
+    userinfo, _, host = authority.rpartition("@")
+    user = re.split("[:@]", userinfo, maxsplit=1)[0]
+    password = ":x" if user != userinfo else ""
+    return f"{scheme}://{quote(user, safe='')}{password}@{host}{after}"
 
 
 def _canonical(url: URL) -> URL:

@@ -10,6 +10,10 @@ timeout instead, while readers stay concurrent under WAL. Driving ``BEGIN``
 ourselves is also SQLAlchemy's documented fix for SAVEPOINT on pysqlite/aiosqlite.
 Async engines connect through :mod:`portside.adapters.aiosqlite_connection`, which
 runs that ``BEGIN`` in the same trip to aiosqlite's thread as the first statement.
+A read-only unit that writes anyway works while no other writer interferes; if
+its write meets the lock (SQLite refuses it at once), it fails with
+:class:`~portside.errors.ReadOnlyUnitWriteError`, which says why and what to do,
+rather than as "database is locked", which reads as an outage.
 
 Units of work that may write also take turns inside the process, before their
 ``BEGIN IMMEDIATE``: SQLite allows one writer at a time anyway, and waiting in a
@@ -38,16 +42,48 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
-from portside.errors import StartupError
+from portside.errors import ReadOnlyUnitWriteError, StartupError
 from portside.serial_gate import SerialGate
 from portside.sessions import AsyncSession, Session
 from portside.urls import is_sqlite_memory
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import ExceptionContext
+
     from portside.adapters.aiosqlite_connection import AiosqliteConnection
     from portside.settings import DatabaseSettings
 
 _BEGIN_OPTION = "portside_sqlite_begin"
+# Marks the connections of units of work hinted read-only (``writes=False``).
+_READ_ONLY_OPTION = "portside_sqlite_read_only"
+
+
+def _refused_read_only_write(context: ExceptionContext) -> None:
+    """Explain a write that a read-only unit's plain ``BEGIN`` could not upgrade.
+
+    SQLite answers it with SQLITE_BUSY ("database is locked") at once, without
+    waiting out the busy timeout: left as it is, it reads as an outage (503).
+    """
+    exc = context.original_exception
+    connection = context.connection
+    if not (
+        isinstance(exc, sqlite3.Error)
+        and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+        and connection is not None
+        and connection.get_execution_options().get(_READ_ONLY_OPTION)
+        and (context.statement or "").lstrip()[:6].upper() != "SELECT"
+    ):
+        return
+    raise ReadOnlyUnitWriteError(
+        f"A write in a read-only unit of work met SQLite's write lock ({exc}, "
+        f"{exc.sqlite_errorname}). Units hinted writes=False, as the web integrations "
+        "make for GET, HEAD, OPTIONS and TRACE requests, begin a plain BEGIN so that "
+        "they read concurrently; once such a transaction has read, its write cannot "
+        "wait for a lock another writer took. Make the change in a POST, PUT, PATCH or "
+        "DELETE request, or in a unit that may write: "
+        "`async with lifecycle.async_session(writes=True)` (or "
+        "`lifecycle.session(writes=True)` in a worker thread)."
+    ) from exc
 
 
 def _install_defaults(
@@ -77,6 +113,8 @@ def _install_defaults(
         raw = getattr(dbapi_connection, "_connection", dbapi_connection)  # aiosqlite's
         if raw.in_transaction:
             dbapi_connection.rollback()
+
+    event.listen(engine, "handle_error", _refused_read_only_write)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
@@ -162,6 +200,8 @@ class SQLiteAdapter(SyncAdapter):
         super().__init__(settings, url)
         writer = self.engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
         self._writer_sessionmaker = self.sessionmaker_for(writer)
+        reader = self.engine.execution_options(**{_READ_ONLY_OPTION: True})
+        self._reader_sessionmaker = self.sessionmaker_for(reader)
 
     def gate_for(self, *, writes: bool) -> SerialGate | None:
         """In memory: every unit of work takes turns; in a file: only writers do."""
@@ -183,7 +223,7 @@ class SQLiteAdapter(SyncAdapter):
         """A session whose transactions begin IMMEDIATE when it may write."""
         if bind is not None:
             return super().new_session(writes=writes, bind=bind)
-        return (self._writer_sessionmaker if writes else self._sessionmaker)()
+        return (self._writer_sessionmaker if writes else self._reader_sessionmaker)()
 
     def verify_connection(self, connection: Connection) -> None:
         """Read the pragmas back; raise :class:`~portside.errors.StartupError` if refused."""
@@ -217,6 +257,8 @@ class AsyncSQLiteAdapter(AsyncAdapter):
         super().__init__(settings, url)
         writer = self.engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
         self._writer_sessionmaker = self.sessionmaker_for(writer)
+        reader = self.engine.execution_options(**{_READ_ONLY_OPTION: True})
+        self._reader_sessionmaker = self.sessionmaker_for(reader)
 
     def gate_for(self, *, writes: bool) -> SerialGate | None:
         """In memory: every unit of work takes turns; in a file: only writers do."""
@@ -249,7 +291,7 @@ class AsyncSQLiteAdapter(AsyncAdapter):
         """A session whose transactions begin IMMEDIATE when it may write."""
         if bind is not None:
             return super().new_session(writes=writes, bind=bind)
-        return (self._writer_sessionmaker if writes else self._sessionmaker)()
+        return (self._writer_sessionmaker if writes else self._reader_sessionmaker)()
 
     def verify_connection(self, connection: Connection) -> None:
         """Read the pragmas back; raise :class:`~portside.errors.StartupError` if refused."""
