@@ -361,13 +361,13 @@ async def test_send_error_sends_retry_after_where_retrying_helps() -> None:
     async def send(message: Any) -> None:
         sent.append(message)
 
-    await send_error(send, ConnectionRefusedError(111, "refused"))
+    await send_error(send, ConnectionRefusedError(111, "refused"), instead_of="the test")
     headers = dict(sent[0]["headers"])
     assert sent[0]["status"] == 503
     assert headers[b"retry-after"] == b"1"
 
     sent.clear()
-    await send_error(send, ValueError("bug"))
+    await send_error(send, ValueError("bug"), instead_of="the test")
     assert sent[0]["status"] == 500
     assert b"retry-after" not in dict(sent[0]["headers"])
 

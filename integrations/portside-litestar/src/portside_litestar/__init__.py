@@ -71,7 +71,7 @@ from portside.asgi import (
     DATABASE_ERRORS,
     LIFECYCLE_STATE_KEY,
     UnitOfWorkMiddleware,
-    error_response,
+    error_reply,
     unit_of_work_from_scope,
 )
 
@@ -151,10 +151,10 @@ async def _provide_lifecycle(scope: Scope) -> Lifecycle:
 
 
 def _database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Answer "database unavailable" with 503; anything else as Litestar would."""
+    """The database's failure (503/409/504) answered; anything else as Litestar would."""
     if is_database_unavailable(exc):
-        status, body = error_response(exc)
-        return Response(body, status_code=status)
+        reply = error_reply(exc, instead_of="an error the app raised")
+        return Response(reply.body, status_code=reply.status, headers=reply.headers)
     if (fallback := request.app.exception_handlers.get(500)) is not None:
         return fallback(request, exc)
     if request.app.debug:

@@ -54,12 +54,19 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 import portside
-from portside import AsyncSession, Databases, Lifecycle, LifecycleStateError, Session
+from portside import (
+    AsyncSession,
+    Databases,
+    Lifecycle,
+    LifecycleStateError,
+    Session,
+    is_database_unavailable,
+)
 from portside.asgi import (
     DATABASE_ERRORS,
     LifecycleLifespan,
     UnitOfWorkMiddleware,
-    error_response,
+    error_reply,
     lifecycle_from_state,
     lifespan_state,
     unit_of_work_from_scope,
@@ -192,8 +199,8 @@ async def readiness(request: Request) -> JSONResponse:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    """503 for a database that cannot serve; anything else goes on to the 500 handler."""
-    status_code, body = error_response(exc)
-    if status_code != 503:
+    """The database's failure (503/409/504) answered; a bug goes on to the 500 handler."""
+    if not is_database_unavailable(exc):
         raise exc
-    return JSONResponse(body, status_code=status_code)
+    reply = error_reply(exc, instead_of="an error the app raised")
+    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)

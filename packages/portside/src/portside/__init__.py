@@ -37,8 +37,11 @@ from portside.settings import DatabaseSettings
 from portside.unit_of_work import UnitOfWork
 from portside.urls import mask_url
 
-# A library logs; the application decides where logs go (and stays silent by default).
-logging.getLogger("portside").addHandler(logging.NullHandler())
+# No NullHandler: with none configured, Python's last-resort handler prints
+# portside's warnings (every response it substitutes, every database it finds down)
+# to stderr, so a server run with its default logging still shows them. An app that
+# configures logging decides where they go.
+logging.getLogger("portside")
 
 __all__ = [
     "AsyncSession",

@@ -28,11 +28,13 @@ from collections.abc import (
     MutableMapping,
 )
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from portside.database import one_line
 from portside.errors import (
     LifecycleStateError,
     NoRequestSessionError,
@@ -42,6 +44,7 @@ from portside.errors import (
 )
 from portside.failures import classify
 from portside.lifecycle import Databases, Lifecycle
+from portside.urls import scrub
 
 if TYPE_CHECKING:
     from portside.unit_of_work import UnitOfWork
@@ -57,9 +60,9 @@ LifecycleLookup = Callable[[Scope], "Lifecycle"]
 UNIT_OF_WORK_KEY = "portside.unit_of_work"
 #: Key of the lifecycle in lifespan state (and so in every request's ``scope["state"]``).
 LIFECYCLE_STATE_KEY = "portside.lifecycle"
-#: Exception types that may mean "the database cannot serve now": integrations
-#: register a handler for each that answers 503 when :func:`error_response` says so
-#: and lets anything else through (asyncpg raises bare ``OSError`` subclasses).
+#: Exception types that may be the database's failure: integrations register a
+#: handler for each that answers it (503, 409, 504: :func:`error_reply`) and lets a
+#: bug through to the framework (asyncpg raises bare ``OSError`` subclasses).
 DATABASE_ERRORS: tuple[type[Exception], ...] = (
     DBAPIError,
     PoolTimeoutError,
@@ -150,6 +153,15 @@ def unit_of_work_from_scope(scope: Scope) -> UnitOfWork:
     return unit
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """What portside answers instead of the app's response when database work failed."""
+
+    status: int
+    body: dict[str, str]
+    headers: dict[str, str]
+
+
 def error_response(exc: BaseException) -> tuple[int, dict[str, str]]:
     """Status and JSON body answering a request whose database work failed.
 
@@ -163,21 +175,40 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, str]]:
     return failure.status, {"detail": failure.detail}
 
 
-async def send_error(send: Send, exc: BaseException) -> None:
-    """Send :func:`error_response` for ``exc`` as a complete JSON response."""
+def error_reply(exc: BaseException, *, instead_of: str) -> ErrorReply:
+    """The reply portside substitutes for ``exc``, logged as one line that names the cause.
+
+    Every integration answers through this, so every substituted response leaves
+    the same line in the server's output (no URL, no secret, no SQL parameters),
+    whatever logging the app configured. ``instead_of`` says what the client
+    would otherwise have got, e.g. ``"the app's 201"``.
+    """
     status, body = error_response(exc)
-    payload = json.dumps(body).encode()
-    extra = [
-        (name.lower().encode(), value.encode()) for name, value in classify(exc).headers.items()
-    ]
+    headers = {} if isinstance(exc, PartialCommitError) else classify(exc).headers
+    cause = "" if isinstance(exc, PartialCommitError) else f"{classify(exc).cause}: "
+    logger.warning(
+        "portside answered %d instead of %s: %s%s",
+        status,
+        instead_of,
+        cause,
+        scrub(one_line(exc)),
+        exc_info=logger.isEnabledFor(logging.DEBUG) and exc,
+    )
+    return ErrorReply(status, body, headers)
+
+
+async def send_error(send: Send, exc: BaseException, *, instead_of: str) -> None:
+    """Send :func:`error_reply` for ``exc`` as a complete JSON response."""
+    reply = error_reply(exc, instead_of=instead_of)
+    payload = json.dumps(reply.body).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": reply.status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
-                *extra,
+                *((name.lower().encode(), value.encode()) for name, value in reply.headers.items()),
             ],
         }
     )
@@ -222,8 +253,7 @@ class UnitOfWorkMiddleware:
                     await unit.finish(commit=message["status"] < self._commit_below)
                 except Exception as exc:
                     replaced = True
-                    logger.exception("commit failed; answering with an error instead")
-                    await send_error(send, exc)
+                    await send_error(send, exc, instead_of=f"the app's {message['status']}")
                     return
             await send(message)
 
@@ -233,8 +263,7 @@ class UnitOfWorkMiddleware:
             await unit.finish(commit=False)
             if started or not is_database_unavailable(exc):
                 raise
-            logger.warning("database unavailable: %s", exc)
-            await send_error(send, exc)
+            await send_error(send, exc, instead_of="an error the app raised")
         finally:
             if not unit.ended:  # the app returned without starting a response
                 await unit.finish(commit=False)

@@ -39,6 +39,7 @@ __all__ = [
     "mask_url",
     "parse_url",
     "redact",
+    "scrub",
 ]
 
 #: What :func:`mask_url` returns for text that is not a URL: the text itself could
@@ -249,6 +250,18 @@ def redact(text: str, *urls: URL | None) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, _MASK)
     return text
+
+
+_CREDENTIALS_IN_TEXT = re.compile(r"(://[^\s:/@]*:)[^\s@]*@")
+
+
+def scrub(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` in it masked.
+
+    For free text from drivers and exceptions, where the URLs are not known; when
+    they are, :func:`redact` also catches a password that appears on its own.
+    """
+    return _CREDENTIALS_IN_TEXT.sub(rf"\1{_MASK}@", text)
 
 
 def is_sqlite_memory(url: URL) -> bool:

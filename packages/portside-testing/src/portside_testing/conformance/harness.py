@@ -65,7 +65,8 @@ What every integration must do (the contract these scenarios check):
    an engine or a sessionmaker of their own.
 6. A websocket gets no request session (the core's ``NoRequestSessionError``); it
    opens a unit of work per message.
-7. A database that cannot serve is answered with 503 (``portside.asgi.error_response``).
+7. A database failure is answered with its status (503, 409, 504) and logged in one line
+   (``portside.asgi.error_reply``); a bug is left to the framework (500).
 8. A readiness route at ``/health`` by default (configurable, can be turned off).
 9. State lives on the app or in lifespan state, never in a module global.
 """
