@@ -17,6 +17,7 @@ from portside.errors import (
     ShutdownError,
     ShuttingDownError,
     StartupError,
+    TransactionAbortedError,
     UnitOfWorkEndedError,
     is_database_unavailable,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "ShuttingDownError",
     "StartupError",
     "SyncAdapter",
+    "TransactionAbortedError",
     "UnitOfWork",
     "UnitOfWorkEndedError",
     "is_database_unavailable",
