@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import QueuePool
 
+from portside.adapters import failed_statements
 from portside.sessions import AsyncSession, Session
 from portside.urls import mask_url
 
@@ -110,6 +111,7 @@ class SyncAdapter(_Adapter):
         super().__init__(settings, url)
         self.engine: Engine = create_engine(url, **self.engine_options())
         self.configure(self.engine)
+        failed_statements.install(self.engine)
         self._sessionmaker = self.sessionmaker_for(self.engine)
 
     @staticmethod
@@ -171,6 +173,7 @@ class AsyncAdapter(_Adapter):
         super().__init__(settings, url)
         self.engine: AsyncEngine = create_async_engine(url, **self.engine_options())
         self.configure(self.engine.sync_engine)
+        failed_statements.install(self.engine.sync_engine)
         self._sessionmaker = self.sessionmaker_for(self.engine)
 
     @staticmethod
