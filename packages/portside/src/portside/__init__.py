@@ -24,6 +24,7 @@ from portside.errors import (
     ShutdownError,
     ShuttingDownError,
     StartupError,
+    TransactionAbortedError,
     UnitOfWorkEndedError,
     is_database_unavailable,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "ShutdownError",
     "ShuttingDownError",
     "StartupError",
+    "TransactionAbortedError",
     "UnitOfWork",
     "UnitOfWorkEndedError",
     "current_binding",

@@ -48,6 +48,32 @@ class UnitOfWorkEndedError(PortsideError, InvalidRequestError):
     """
 
 
+class TransactionAbortedError(PortsideError, InvalidRequestError):
+    """A transaction (or SAVEPOINT) in which a statement failed was asked to commit.
+
+    PostgreSQL has aborted such a transaction and would silently turn its COMMIT
+    into a ROLLBACK; SQLite would commit the statements before the failure. portside
+    rolls it back (a SAVEPOINT: back to its start) and raises this instead, so a
+    unit of work never reports a commit that did not happen. Subclasses
+    SQLAlchemy's ``InvalidRequestError``, like the errors of a session that must be
+    rolled back.
+    """
+
+    @classmethod
+    def after(cls, failure: str) -> TransactionAbortedError:
+        """The error for a transaction in which ``failure`` (one line) happened."""
+        what = f" ({failure})" if failure else ""
+        return cls(
+            f"A statement failed in this transaction{what} and the failure was not "
+            "undone, so the transaction cannot commit: PostgreSQL has already aborted "
+            "it, and SQLite would keep only part of it. portside rolled it back; "
+            "nothing of it was committed. Let the error propagate instead of catching "
+            "it, or run the statement that may fail inside `session.begin_nested()` "
+            "(a SAVEPOINT), which rolls back when the statement fails and lets the "
+            "rest of the transaction commit."
+        )
+
+
 class PartialCommitError(PortsideError):
     """A unit of work over several databases committed some of them, not all.
 
