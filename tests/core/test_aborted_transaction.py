@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session as ORMSession
 
 from portside import DatabaseSettings, Lifecycle, Session, TransactionAbortedError
-from portside.outer_transaction import OuterTransaction
+from portside_testing.outer_transaction import OuterTransaction
 
 pytestmark = pytest.mark.anyio
 
@@ -71,8 +71,7 @@ def settings(backend: str, app_name: str, tmp_path: Path, request: pytest.Fixtur
 
 
 async def create_table(lifecycle: Lifecycle) -> None:
-    database = lifecycle.database().require_async()
-    async with database.engine.begin() as connection:
+    async with lifecycle.database().async_engine.begin() as connection:
         await connection.run_sync(metadata.drop_all)
         await connection.run_sync(metadata.create_all)
 
@@ -118,7 +117,7 @@ def idle_in_transaction(postgresql_url: str, app_name: str) -> list[str]:
 
 async def assert_clean(lifecycle: Lifecycle, mode: str, app_name: str) -> None:
     """Every connection is back in its pool, out of any transaction, and usable."""
-    assert [pool.checked_out for pool in lifecycle.database().pools().values()] == [0, 0]
+    assert [pool.checked_out for pool in lifecycle.database().pool_status().values()] == [0, 0]
     if lifecycle.database().settings.sync_url_object.get_backend_name() == "postgresql":
         url = lifecycle.database().settings.sync_url_object.set(drivername="postgresql", query={})
         plain = url.render_as_string(hide_password=False)
@@ -282,7 +281,7 @@ async def test_a_unit_inside_an_outer_transaction_refuses_at_its_commit(
                 lambda session: found.extend(session.exec(select(rows.c.body)).scalars()),
             )
             assert found == ["next unit"]
-            pools = lifecycle.database().pools()
+            pools = lifecycle.database().pool_status()
             assert pools[mode].checked_out == 1  # only the outer connection
     if settings.sync_url_object.database:  # a file or a server: check nothing stayed
         async with Lifecycle(settings) as after:
