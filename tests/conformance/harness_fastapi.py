@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Annotated
 
 import anyio
@@ -25,7 +26,8 @@ from fastapi import (
 )
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel
-from sqlalchemy import func
+from sqlalchemy import func, insert
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
@@ -178,6 +180,14 @@ async def create_orphan(data: NameIn, session: AsyncSessionDep) -> NameIn:
     return data
 
 
+@async_api.post("/items/swallowed", status_code=201)
+async def create_then_swallow_a_failure(data: NameIn, session: AsyncSessionDep) -> NameIn:
+    await add_item(session, f"{data.name}-kept")
+    with suppress(IntegrityError):  # swallowed: PostgreSQL aborts the transaction
+        await session.exec(insert(Item).values(name=data.name))  # a duplicate: fails
+    return data
+
+
 @async_api.post("/items/slow", status_code=201)
 async def create_slowly(data: SlowIn, session: AsyncSessionDep) -> Item:
     item = await add_item(session, data.name)
@@ -274,6 +284,14 @@ def create_then_redirect_sync(data: NameIn, session: SessionDep) -> RedirectResp
 def create_orphan_sync(data: NameIn, session: SessionDep) -> NameIn:
     session.add(Child(parent_id=MISSING_PARENT))
     session.flush()  # accepted: the foreign key is only checked at COMMIT
+    return data
+
+
+@sync_api.post("/items/swallowed", status_code=201)
+def create_then_swallow_a_failure_sync(data: NameIn, session: SessionDep) -> NameIn:
+    add_item_sync(session, f"{data.name}-kept")
+    with suppress(IntegrityError):  # swallowed: PostgreSQL aborts the transaction
+        session.exec(insert(Item).values(name=data.name))  # a duplicate: fails
     return data
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -20,7 +21,8 @@ from litestar.exceptions import HTTPException, NotFoundException, WebSocketDisco
 from litestar.params import Body, FromPath
 from litestar.response import Redirect, Response
 from litestar.types import ControllerRouterHandler
-from sqlalchemy import func
+from sqlalchemy import func, insert
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
@@ -125,6 +127,16 @@ async def create_orphan(db_session: AsyncSessionDep, data: NameBody) -> dict[str
     return {"name": data.name}
 
 
+@post("/items/swallowed")
+async def create_then_swallow_a_failure(
+    db_session: AsyncSessionDep, data: NameBody
+) -> dict[str, str]:
+    await add_item(db_session, f"{data.name}-kept")
+    with suppress(IntegrityError):  # swallowed: PostgreSQL aborts the transaction
+        await db_session.exec(insert(Item).values(name=data.name))  # a duplicate: fails
+    return {"name": data.name}
+
+
 @post("/items/slow")
 async def create_slowly(db_session: AsyncSessionDep, data: SlowBody) -> dict[str, Any]:
     item = await add_item(db_session, data.name)
@@ -211,6 +223,7 @@ ASYNC_HANDLERS: list[ControllerRouterHandler] = [
     create_then_return_422,
     create_then_redirect,
     create_orphan,
+    create_then_swallow_a_failure,
     create_slowly,
     same_session,
     create_then_background,
@@ -276,6 +289,16 @@ def create_orphan_sync(sync_db_session: SessionDep, data: NameBody) -> dict[str,
     return {"name": data.name}
 
 
+@post("/items/swallowed", sync_to_thread=True)
+def create_then_swallow_a_failure_sync(
+    sync_db_session: SessionDep, data: NameBody
+) -> dict[str, str]:
+    add_item_sync(sync_db_session, f"{data.name}-kept")
+    with suppress(IntegrityError):  # swallowed: PostgreSQL aborts the transaction
+        sync_db_session.exec(insert(Item).values(name=data.name))  # a duplicate: fails
+    return {"name": data.name}
+
+
 @post("/items/slow", sync_to_thread=True)
 def create_slowly_sync(sync_db_session: SessionDep, data: SlowBody) -> dict[str, Any]:
     item = add_item_sync(sync_db_session, data.name)
@@ -325,6 +348,7 @@ SYNC_HANDLERS: list[ControllerRouterHandler] = [
     create_then_return_422_sync,
     create_then_redirect_sync,
     create_orphan_sync,
+    create_then_swallow_a_failure_sync,
     create_slowly_sync,
     same_session_sync,
     create_then_background_sync,

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any
 
 import anyio
-from sqlalchemy import func
+from sqlalchemy import func, insert
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -159,6 +161,16 @@ async def create_orphan(request: Request) -> JSONResponse:
     return JSONResponse(await request.json(), status_code=201)
 
 
+async def create_then_swallow_a_failure(request: Request) -> JSONResponse:
+    data = await request.json()
+    session = await portside_starlette.async_session(request)
+    session.add(Item(name=f"{data['name']}-kept"))
+    await session.flush()
+    with suppress(IntegrityError):  # swallowed: PostgreSQL aborts the transaction
+        await session.exec(insert(Item).values(name=data["name"]))  # a duplicate: fails
+    return JSONResponse(data, status_code=201)
+
+
 async def create_slowly(request: Request) -> JSONResponse:
     item = await add_item(request)
     await anyio.sleep((await request.json())["seconds"])
@@ -202,6 +214,7 @@ async_routes: list[BaseRoute] = [
     Route("/items/return-error", create_then_return_422, methods=["POST"]),
     Route("/items/redirect", create_then_redirect, methods=["POST"]),
     Route("/items/deferred", create_orphan, methods=["POST"]),
+    Route("/items/swallowed", create_then_swallow_a_failure, methods=["POST"]),
     Route("/items/slow", create_slowly, methods=["POST"]),
     Route("/items/background", create_then_background, methods=["POST"]),
     Route("/same-session", same_session),
@@ -272,6 +285,20 @@ async def create_orphan_sync(request: Request) -> JSONResponse:
     return JSONResponse(await request.json(), status_code=201)
 
 
+def swallow_a_failure(session: Session, name: str) -> None:
+    add_item_sync(session, f"{name}-kept")
+    with suppress(IntegrityError):  # swallowed: PostgreSQL aborts the transaction
+        session.exec(insert(Item).values(name=name))  # a duplicate: fails
+
+
+async def create_then_swallow_a_failure_sync(request: Request) -> JSONResponse:
+    data = await request.json()
+    await run_in_threadpool(
+        swallow_a_failure, await portside_starlette.session(request), data["name"]
+    )
+    return JSONResponse(data, status_code=201)
+
+
 def add_item_slowly(session: Session, name: str, seconds: float) -> Item:
     item = add_item_sync(session, name)
     time.sleep(seconds)
@@ -322,6 +349,7 @@ sync_routes: list[BaseRoute] = [
     Route("/items/return-error", create_then_return_422_sync, methods=["POST"]),
     Route("/items/redirect", create_then_redirect_sync, methods=["POST"]),
     Route("/items/deferred", create_orphan_sync, methods=["POST"]),
+    Route("/items/swallowed", create_then_swallow_a_failure_sync, methods=["POST"]),
     Route("/items/slow", create_slowly_sync, methods=["POST"]),
     Route("/items/background", create_then_background_sync, methods=["POST"]),
     Route("/same-session", same_session_sync),

@@ -20,6 +20,10 @@ handlers are the framework's sync handlers, run in worker threads). ``Item`` and
 ``POST /items/deferred`` ``{"name"}``       add a Child whose parent does not exist
                                             (the FK is DEFERRABLE INITIALLY DEFERRED,
                                             so only COMMIT fails); return 201
+``POST /items/swallowed`` ``{"name"}``      add an Item named ``<name>-kept`` and flush, then
+                                            insert an Item named ``name`` (a duplicate:
+                                            it fails), catch that ``IntegrityError`` and
+                                            return 201 anyway
 ``POST /items/slow`` ``{"name", "seconds"}``  add, flush, sleep ``seconds``, return 201
 ``GET /untouched``                          200 ``{"ok": true}``; never asks for a session
 ``GET /same-session``                       asks for the session twice in one request

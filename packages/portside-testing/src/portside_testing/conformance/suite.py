@@ -551,6 +551,22 @@ class ConformanceSuite:
             assert after.status == 201, "the request after a failed commit must work"
             assert await app.count(name="next") == 1
 
+    async def test_a_swallowed_statement_failure_never_commits(self, stage: Stage) -> None:
+        """A handler that catches a failed statement and answers 201 gets a 5xx instead.
+
+        PostgreSQL aborts the transaction and silently turns its COMMIT into a
+        ROLLBACK; SQLite would keep the statements before the failure. Both answer
+        the same: nothing committed, never a 2xx.
+        """
+        async with stage.running() as app:
+            assert (await app.request("POST", "/items", {"name": "dup"})).status == 201
+            response = await app.request("POST", "/items/swallowed", {"name": "dup"})
+            assert 500 <= response.status < 600, f"got {response.status} for a lost write"
+            assert await app.count(name="dup-kept") == 0
+            await app.assert_no_transaction_left_open()
+            after = await app.request("POST", "/items", {"name": "next"})
+            assert after.status == 201, "the request after a refused commit must work"
+
     # -- sessions --------------------------------------------------------------------------
 
     async def test_one_session_per_request(self, stage: Stage) -> None:
