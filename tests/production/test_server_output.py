@@ -34,7 +34,9 @@ def _fastapi_app(url: str) -> str:
         @asynccontextmanager
         async def lifespan(app, lifecycle):
             async with lifecycle.async_session() as session:
-                await session.exec(text("CREATE TABLE IF NOT EXISTS child_parent (id INTEGER PRIMARY KEY)"))
+                await session.exec(
+                    text("CREATE TABLE IF NOT EXISTS child_parent (id INTEGER PRIMARY KEY)")
+                )
                 await session.exec(text(
                     "CREATE TABLE IF NOT EXISTS child (parent_id INTEGER NOT NULL "
                     "REFERENCES child_parent (id) DEFERRABLE INITIALLY DEFERRED)"
@@ -70,7 +72,9 @@ def _litestar_app(url: str) -> str:
         @asynccontextmanager
         async def lifespan(app, lifecycle):
             async with lifecycle.async_session() as session:
-                await session.exec(text("CREATE TABLE IF NOT EXISTS child_parent (id INTEGER PRIMARY KEY)"))
+                await session.exec(
+                    text("CREATE TABLE IF NOT EXISTS child_parent (id INTEGER PRIMARY KEY)")
+                )
                 await session.exec(text(
                     "CREATE TABLE IF NOT EXISTS child (parent_id INTEGER NOT NULL "
                     "REFERENCES child_parent (id) DEFERRABLE INITIALLY DEFERRED)"
@@ -110,7 +114,9 @@ def _starlette_app(url: str) -> str:
         @asynccontextmanager
         async def lifespan(app, lifecycle):
             async with lifecycle.async_session() as session:
-                await session.exec(text("CREATE TABLE IF NOT EXISTS child_parent (id INTEGER PRIMARY KEY)"))
+                await session.exec(
+                    text("CREATE TABLE IF NOT EXISTS child_parent (id INTEGER PRIMARY KEY)")
+                )
                 await session.exec(text(
                     "CREATE TABLE IF NOT EXISTS child (parent_id INTEGER NOT NULL "
                     "REFERENCES child_parent (id) DEFERRABLE INITIALLY DEFERRED)"
