@@ -206,6 +206,11 @@ class PortsidePlugin(InitPlugin):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         """Add the lifespan, the middleware, the providers and the readiness route."""
+        if any(isinstance(p, PortsidePlugin) and p is not self for p in app_config.plugins):
+            raise LifecycleStateError(
+                "This Litestar app has more than one PortsidePlugin; give one plugin every "
+                "database instead: PortsidePlugin({'default': ..., 'analytics': ...})."
+            )
         # First, so the app's own lifespans and on_startup hooks can use the databases.
         app_config.lifespan.insert(0, self._app_lifespan)
         # Outermost, so the commit decision reads the status the client will get. Litestar

@@ -393,20 +393,36 @@ class AppRunner:
                 session.finished.set()
 
         await to_app.send({"type": "websocket.connect"})
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(run)
-            accepted = await from_app.receive()
-            if accepted["type"] != "websocket.accept":
-                raise RuntimeError(f"The app did not accept the websocket: {accepted}")
-            try:
-                yield session
-            finally:
-                with anyio.CancelScope(shield=True), anyio.fail_after(10):
-                    if not session.finished.is_set():
-                        await to_app.send({"type": "websocket.disconnect", "code": 1000})
-                    await session.finished.wait()
-        for stream in (to_app, app_inbox, app_outbox, from_app):
-            stream.close()
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(run)
+                try:
+                    accepted = await from_app.receive()
+                    if accepted["type"] != "websocket.accept":
+                        raise WebSocketRefusedError(
+                            f"The app did not accept the websocket: {accepted}", session.error
+                        )
+                    yield session
+                finally:
+                    with anyio.CancelScope(shield=True), anyio.fail_after(10):
+                        if not session.finished.is_set():
+                            await to_app.send({"type": "websocket.disconnect", "code": 1000})
+                        await session.finished.wait()
+        except BaseExceptionGroup as group:  # one task raised: show it, not the group
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        finally:
+            for stream in (to_app, app_inbox, app_outbox, from_app):
+                stream.close()
+
+
+class WebSocketRefusedError(RuntimeError):
+    """The app closed a websocket instead of accepting it; ``error`` is what it raised."""
+
+    def __init__(self, message: str, error: Exception | None) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class WebSocketSession:
