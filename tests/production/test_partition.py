@@ -167,7 +167,10 @@ async def test_a_statement_cut_off_by_a_partition_gets_503_in_time(
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
 async def test_the_statement_bound_on_a_healthy_server_cancels_the_statement(
-    kind: str, proxy: PartitionProxy, production_database: str
+    kind: str,
+    proxy: PartitionProxy,
+    production_database: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     tag = f"portside-partition-{uuid.uuid4().hex[:8]}"
     database = settings(proxy, with_application_name(production_database, tag), kind)
@@ -186,6 +189,8 @@ async def test_the_statement_bound_on_a_healthy_server_cancels_the_statement(
                 await anyio.sleep(0.05)
         # The next request gets a new connection.
         assert (await client.post(f"/{kind}/sleep")).status == 200
+    with capsys.disabled():
+        print(f"\n[{kind}] healthy server, statement over its bound: 503 after {elapsed:.2f}s")
 
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
@@ -318,7 +323,7 @@ async def test_a_new_lifecycle_works_after_thaw(
 
 
 async def test_startup_against_a_frozen_network_fails_in_time(
-    proxy: PartitionProxy, production_database: str
+    proxy: PartitionProxy, production_database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from portside import StartupError
 
@@ -328,4 +333,7 @@ async def test_startup_against_a_frozen_network_fails_in_time(
     with anyio.fail_after(10), pytest.raises(StartupError, match="did not become ready"):
         async with no_task_left_behind(), Lifecycle(database):
             pass
-    assert time.monotonic() - started <= 2.0 + CONNECT + CLEANUP + MARGIN
+    elapsed = time.monotonic() - started
+    with capsys.disabled():
+        print(f"\nstartup against a frozen network: StartupError after {elapsed:.2f}s")
+    assert elapsed <= 2.0 + CONNECT + CLEANUP + MARGIN
