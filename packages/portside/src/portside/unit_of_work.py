@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from portside.serial_gate import SerialGate
     from portside.sessions import AsyncSession, Session
 
+__all__ = [
+    "UnitOfWork",
+]
+
 logger = logging.getLogger("portside")
 
 _BUSY_SESSION_POLL_INTERVAL = 0.01

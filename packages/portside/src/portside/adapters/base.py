@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from portside.serial_gate import SerialGate
     from portside.settings import DatabaseSettings
 
+__all__ = [
+    "AsyncAdapter",
+    "SyncAdapter",
+]
+
 
 class _Adapter:
     """State and behaviour shared by the sync and async adapters."""

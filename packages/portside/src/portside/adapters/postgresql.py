@@ -77,6 +77,18 @@ if TYPE_CHECKING:
 
     from portside.settings import DatabaseSettings
 
+__all__ = [
+    "PING",
+    "READ_ONLY_SQLSTATE",
+    "RESET_SESSION_STATE",
+    "AsyncPostgreSQLAdapter",
+    "PostgreSQLAdapter",
+    "bounded",
+    "bounded_psycopg_connection",
+    "build_postgresql",
+    "checkout_statement",
+]
+
 _T = TypeVar("_T")
 
 
