@@ -26,7 +26,7 @@ def name() -> str:
     return f"t{uuid.uuid4().hex[:8]}"
 
 
-class Boom(Exception):
+class BoomError(Exception):
     pass
 
 
@@ -53,10 +53,10 @@ async def test_scripted_units_give_exact_metrics_and_spans(
         for _ in range(2):  # two commits
             async with lifecycle.async_session(name) as session:
                 await session.exec(text("SELECT 1"))
-        with pytest.raises(Boom):  # one rollback
+        with pytest.raises(BoomError):  # one rollback
             async with lifecycle.async_session(name) as session:
                 await session.exec(text("SELECT 1"))
-                raise Boom
+                raise BoomError
         # A pool timeout: the only connection is held by another unit, which holds it
         # unused while it waits (reported as held, once).
         async with lifecycle.async_session(name) as holder:
@@ -83,10 +83,24 @@ async def test_scripted_units_give_exact_metrics_and_spans(
         assert value(changes, "db.client.connection.use_time", **by_pool) == 5
         # Nobody waits, nothing is checked out; the pool's bounds.
         assert value(after, "db.client.connection.pending_requests", **by_pool) == 0
-        assert value(after, "db.client.connection.count", **by_pool, **{
-            "db.client.connection.state": "used"}) == 0
-        assert value(after, "db.client.connection.count", **by_pool, **{
-            "db.client.connection.state": "idle"}) == 1
+        assert (
+            value(
+                after,
+                "db.client.connection.count",
+                **by_pool,
+                **{"db.client.connection.state": "used"},
+            )
+            == 0
+        )
+        assert (
+            value(
+                after,
+                "db.client.connection.count",
+                **by_pool,
+                **{"db.client.connection.state": "idle"},
+            )
+            == 1
+        )
         assert value(after, "db.client.connection.max", **by_pool) == 1
         assert value(after, "db.client.connection.idle.max", **by_pool) == 1
         assert value(after, "db.client.connection.create_time", **by_pool) >= 1
@@ -115,17 +129,18 @@ async def test_scripted_units_give_exact_metrics_and_spans(
 
 @pytest.mark.anyio
 async def test_sync_units_in_worker_threads(tmp_path: Path, name: str) -> None:
-    settings = DatabaseSettings(url=f"sqlite:///{tmp_path / 'sync.db'}", engines="sync",
-                                telemetry=True)
+    settings = DatabaseSettings(
+        url=f"sqlite:///{tmp_path / 'sync.db'}", engines="sync", telemetry=True
+    )
     async with Lifecycle({name: settings}) as lifecycle:
         before = snapshot()
 
         def work() -> None:
             with lifecycle.session(name) as session:
                 session.exec(text("SELECT 1"))
-            with pytest.raises(Boom), lifecycle.session(name) as session:
+            with pytest.raises(BoomError), lifecycle.session(name) as session:
                 session.exec(text("SELECT 1"))
-                raise Boom
+                raise BoomError
 
         await anyio.to_thread.run_sync(work)
         changes = delta(before, snapshot())
@@ -142,7 +157,7 @@ from sqlalchemy import text
 from portside import DatabaseSettings, Lifecycle
 
 async def main():
-    settings = DatabaseSettings(url="sqlite:///{tmp_path / 'off.db'}")
+    settings = DatabaseSettings(url="sqlite:///{tmp_path / "off.db"}")
     async with Lifecycle(settings) as lifecycle:
         async with lifecycle.async_session() as session:
             await session.exec(text("SELECT 1"))
