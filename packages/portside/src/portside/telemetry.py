@@ -13,8 +13,9 @@ configured with the OpenTelemetry SDK; nothing is exported until it does):
 * per unit of work: the counters in :data:`METRICS` (commits, rollbacks, error
   responses portside substituted, held connections) and one span, ``portside unit of
   work``, child of whatever span is current when the unit opens its first session (the
-  framework's request span), with a child span per connection checkout, so a trace
-  shows the wait for a connection apart from the statements. portside makes no span
+  framework's request span), with a child span for each checkout that waited 1 ms or
+  more (or failed), so a trace shows the wait for a connection apart from the
+  statements. portside makes no span
   per statement: ``opentelemetry-instrumentation-sqlalchemy`` does that, alongside;
 * held connections: a checked-out connection left unused between two statements (or
   between its last statement and its return) for longer than
@@ -25,6 +26,7 @@ configured with the OpenTelemetry SDK; nothing is exported until it does):
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
@@ -78,6 +80,8 @@ ROUTE = "http.route"
 STATUS = "http.response.status_code"
 UNIT_SPAN = "portside unit of work"
 
+#: Checkouts that waited this long (seconds) or failed get a span of their own.
+_TRACED_WAIT = 0.001
 _SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Keys in a pool entry's ``info`` (kept across checkouts, so each is reset at checkout).
 _CREATING = "portside.creating"
@@ -92,13 +96,24 @@ _current_unit: ContextVar[TracedUnitOfWork | None] = ContextVar("portside_unit",
 
 @dataclass(eq=False)
 class _Pool:
-    """One instrumented engine's pool and the attributes its metrics carry."""
+    """One instrumented engine's pool, the attributes its metrics carry, its tallies.
+
+    Gauges are tallied here (under a lock: sync engines check out from worker
+    threads) and observed when the SDK collects, so a checkout costs no SDK call.
+    """
 
     engine: Engine
     attributes: dict[str, str]
     threshold: float
+    database: str
     used: int = 0  # for pools without checkedout() (SQLite's static and null pools)
-    database: str = field(default="")
+    pending: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def tally(self, *, used: int = 0, pending: int = 0) -> None:
+        with self.lock:
+            self.used += used
+            self.pending += pending
 
 
 class _Instruments:
@@ -126,8 +141,9 @@ class _Instruments:
             unit="{connection}",
             description=METRICS["db.client.connection.idle.max"],
         )
-        self.pending = meter.create_up_down_counter(
+        meter.create_observable_up_down_counter(
             "db.client.connection.pending_requests",
+            [self._pending],
             unit="{request}",
             description=METRICS["db.client.connection.pending_requests"],
         )
@@ -149,13 +165,21 @@ class _Instruments:
             unit="{timeout}",
             description=METRICS["db.client.connection.timeouts"],
         )
-        self.commits, self.rollbacks, self.retries = (
-            meter.create_counter(name, unit="{unit}", description=METRICS[name])
-            for name in (
-                "portside.unit_of_work.commits",
-                "portside.unit_of_work.rollbacks",
-                "portside.unit_of_work.retries",
+        # Units of work are tallied here and observed at collection (a cumulative
+        # sum either way), so ending a unit costs no SDK call.
+        self.outcomes: dict[tuple[str, bool], int] = {}
+        self.outcomes_lock = threading.Lock()
+        for name, committed in (
+            ("portside.unit_of_work.commits", True),
+            ("portside.unit_of_work.rollbacks", False),
+        ):
+            meter.create_observable_counter(
+                name, [self._outcomes(committed)], unit="{unit}", description=METRICS[name]
             )
+        self.retries = meter.create_counter(
+            "portside.unit_of_work.retries",
+            unit="{unit}",
+            description=METRICS["portside.unit_of_work.retries"],
         )
         self.error_responses = meter.create_counter(
             "portside.error_responses",
@@ -177,6 +201,26 @@ class _Instruments:
             else:
                 used = pool.used
             yield Observation(used, {**pool.attributes, STATE: "used"})
+
+    def _pending(self, _options: CallbackOptions) -> Iterable[Observation]:
+        for pool in list(self.pools):
+            yield Observation(pool.pending, pool.attributes)
+
+    def _outcomes(self, committed: bool) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            with self.outcomes_lock:
+                tallies = list(self.outcomes.items())
+            for (database, outcome), count in tallies:
+                if outcome is committed:
+                    yield Observation(count, {DATABASE: database})
+
+        return observe
+
+    def count_outcome(self, databases: tuple[str, ...], *, committed: bool) -> None:
+        with self.outcomes_lock:
+            for database in databases:
+                key = (database, committed)
+                self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
     def _max(self, _options: CallbackOptions) -> Iterable[Observation]:
         for pool in list(self.pools):
@@ -251,14 +295,14 @@ def instrument_engine(
         info[_LAST_STATEMENT] = None
         info[_UNIT] = _current_unit.get()
         info[_HELD_REPORTED] = False
-        pool.used += 1
+        pool.tally(used=1)
 
     def on_checkin(_dbapi_connection: Any, record: Any) -> None:
         info = record.info
         out_since = info.pop(_OUT_SINCE, None)
         if out_since is None:
             return
-        pool.used -= 1
+        pool.tally(used=-1)
         now = perf_counter()
         ins.use_time.record(now - out_since, attributes)
         last = info.pop(_LAST_STATEMENT, None)
@@ -282,18 +326,19 @@ def instrument_engine(
     event.listen(engine.pool, "checkin", on_checkin)
     event.listen(engine, "before_cursor_execute", before_statement)
     event.listen(engine, "after_cursor_execute", after_statement)
-    _time_checkouts(engine.pool, ins, attributes)
+    _time_checkouts(engine.pool, ins, pool)
     ins.pools.add(pool)
     return lambda: ins.pools.discard(pool)
 
 
-def _time_checkouts(target: Pool, ins: _Instruments, attributes: dict[str, str]) -> None:
+def _time_checkouts(target: Pool, ins: _Instruments, pool: _Pool) -> None:
     """Wrap the pool's ``connect``: SQLAlchemy has no event before a checkout or on its timeout."""
     connect = target.connect
     perf_counter = time.perf_counter
+    attributes = pool.attributes
 
     def timed_connect() -> Any:
-        ins.pending.add(1, attributes)
+        pool.tally(pending=1)
         started = perf_counter()
         failed: BaseException | None = None
         try:
@@ -305,12 +350,14 @@ def _time_checkouts(target: Pool, ins: _Instruments, attributes: dict[str, str])
             raise
         finally:
             waited = perf_counter() - started
-            ins.pending.add(-1, attributes)
+            pool.tally(pending=-1)
             if failed is None:
                 ins.wait_time.record(waited, attributes)
-            unit = _current_unit.get()
-            if unit is not None and unit.span is not None and unit.span.is_recording():
-                _checkout_span(ins, unit.span, attributes, waited, failed)
+            # A span only for a wait worth seeing: the histogram has every one.
+            if waited >= _TRACED_WAIT or failed is not None:
+                unit = _current_unit.get()
+                if unit is not None and unit.span is not None and unit.span.is_recording():
+                    _checkout_span(ins, unit.span, attributes, waited, failed)
 
     target.connect = timed_connect  # type: ignore[method-assign]
 
@@ -373,11 +420,11 @@ class TracedUnitOfWork(UnitOfWork):
     def _began(self) -> None:
         if self.span is None:
             ins = _get_instruments()
+            # The route is known here: frameworks route before the handler runs.
             template, _path = route_of(self.request)
-            attributes: dict[str, Any] = {"portside.unit_of_work.writes": self.writes}
-            if template:
-                attributes[ROUTE] = template
-            self.span = ins.tracer.start_span(UNIT_SPAN, attributes=attributes)
+            self.span = ins.tracer.start_span(
+                UNIT_SPAN, attributes={ROUTE: template} if template else None
+            )
         _current_unit.set(self)
 
     async def async_session(self, name: str | None = None) -> AsyncSession:
@@ -429,18 +476,11 @@ class TracedUnitOfWork(UnitOfWork):
             _current_unit.set(None)
         if not databases:
             return
-        ins = _get_instruments()
-        counter = ins.commits if committed else ins.rollbacks
-        for name in databases:
-            counter.add(1, {DATABASE: name})
+        _get_instruments().count_outcome(databases, committed=committed)
         span = self.span
         if span is None:
             return
         span.set_attribute(OUTCOME, "commit" if committed else "rollback")
-        span.set_attribute("portside.unit_of_work.databases", list(databases))
-        template, _path = route_of(self.request)
-        if template:  # known once the framework routed the request
-            span.set_attribute(ROUTE, template)
         if error is not None:
             span.set_status(trace.StatusCode.ERROR, type(error).__name__)
         span.end()
