@@ -174,3 +174,38 @@ async def main():
 anyio.run(main)
 """
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+@pytest.mark.anyio
+async def test_alongside_sqlalchemy_instrumentation_each_statement_has_one_span(
+    tmp_path: Path, name: str
+) -> None:
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    _, exporter = providers()
+    settings = DatabaseSettings(
+        url=f"sqlite:///{tmp_path / 'along.db'}", engines="async", telemetry=True
+    )
+    instrumentor = SQLAlchemyInstrumentor()
+    async with Lifecycle({name: settings}) as lifecycle:
+        engine = lifecycle.database(name).async_engine.sync_engine
+        # It declares SQLAlchemy < 2.1; its engine listeners work on 2.1.
+        instrumentor.instrument(engine=engine, skip_dep_check=True)
+        try:
+            first = len(exporter.get_finished_spans())
+            async with lifecycle.async_session(name) as session:
+                for number in range(3):
+                    await session.exec(text(f"SELECT {number}"))
+            new = exporter.get_finished_spans()[first:]
+        finally:
+            instrumentor.uninstrument()
+
+    units = [s for s in new if s.name == "portside unit of work"]
+    assert len(units) == 1
+    # Its spans: one per statement, plus one for the engine's connect.
+    texts = sorted(
+        str(s.attributes.get("db.statement") or s.attributes.get("db.query.text"))
+        for s in new
+        if s.name not in ("portside unit of work", "portside checkout", "connect")
+    )
+    assert texts == ["SELECT 0", "SELECT 1", "SELECT 2"], [s.name for s in new]

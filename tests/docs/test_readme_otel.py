@@ -37,7 +37,9 @@ anyio.run(main)
 """
 
 
-@pytest.mark.parametrize(("framework", "block"), [("fastapi", 1), ("litestar", 2), ("starlette", 3)])
+@pytest.mark.parametrize(
+    ("framework", "block"), [("fastapi", 1), ("litestar", 2), ("starlette", 3)]
+)
 def test_the_readme_otel_example_reports(framework: str, block: int, tmp_path: Path) -> None:
     (tmp_path / "telemetry.py").write_text(readme_block(SECTION))
     (tmp_path / "example_app.py").write_text(readme_block(SECTION, skip=block))

@@ -13,9 +13,9 @@ configured with the OpenTelemetry SDK; nothing is exported until it does):
 * per unit of work: the counters in :data:`METRICS` (commits, rollbacks, error
   responses portside substituted, held connections) and one span, ``portside unit of
   work``, child of whatever span is current when the unit opens its first session (the
-  framework's request span), with a child span for each checkout that waited 1 ms or
-  more (or failed), so a trace shows the wait for a connection apart from the
-  statements. portside makes no span
+  framework's request span; a request that no recording span traces gets none), with
+  a child span for each checkout that waited 1 ms or more (or failed), so a trace
+  shows the wait for a connection apart from the statements. portside makes no span
   per statement: ``opentelemetry-instrumentation-sqlalchemy`` does that, alongside;
 * held connections: a checked-out connection left unused between two statements (or
   between its last statement and its return) for longer than
@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
@@ -98,8 +98,9 @@ _current_unit: ContextVar[TracedUnitOfWork | None] = ContextVar("portside_unit",
 class _Pool:
     """One instrumented engine's pool, the attributes its metrics carry, its tallies.
 
-    Gauges are tallied here (under a lock: sync engines check out from worker
-    threads) and observed when the SDK collects, so a checkout costs no SDK call.
+    Gauges are tallied here and observed when the SDK collects, so a checkout costs
+    no SDK call; under a lock for sync engines, whose checkouts run in worker threads
+    (an async engine's all run on the event loop's thread).
     """
 
     engine: Engine
@@ -108,9 +109,13 @@ class _Pool:
     database: str
     used: int = 0  # for pools without checkedout() (SQLite's static and null pools)
     pending: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock | None = None
 
     def tally(self, *, used: int = 0, pending: int = 0) -> None:
+        if self.lock is None:
+            self.used += used
+            self.pending += pending
+            return
         with self.lock:
             self.used += used
             self.pending += pending
@@ -276,7 +281,10 @@ def instrument_engine(
         {POOL_NAME: f"{database}.{kind}", SYSTEM: engine.dialect.name},
         settings.held_connection_threshold,
         database=database,
+        lock=threading.Lock() if kind == "sync" else None,
     )
+    # A queue pool counts its checked-out connections itself.
+    count_used = not isinstance(engine.pool, QueuePool)
     attributes = pool.attributes
     threshold = pool.threshold
     perf_counter = time.perf_counter
@@ -295,14 +303,16 @@ def instrument_engine(
         info[_LAST_STATEMENT] = None
         info[_UNIT] = _current_unit.get()
         info[_HELD_REPORTED] = False
-        pool.tally(used=1)
+        if count_used:
+            pool.tally(used=1)
 
     def on_checkin(_dbapi_connection: Any, record: Any) -> None:
         info = record.info
         out_since = info.pop(_OUT_SINCE, None)
         if out_since is None:
             return
-        pool.tally(used=-1)
+        if count_used:
+            pool.tally(used=-1)
         now = perf_counter()
         ins.use_time.record(now - out_since, attributes)
         last = info.pop(_LAST_STATEMENT, None)
@@ -416,15 +426,20 @@ class TracedUnitOfWork(UnitOfWork):
     """
 
     span: trace.Span | None = None
+    _span_decided = False
 
     def _began(self) -> None:
-        if self.span is None:
-            ins = _get_instruments()
-            # The route is known here: frameworks route before the handler runs.
-            template, _path = route_of(self.request)
-            self.span = ins.tracer.start_span(
-                UNIT_SPAN, attributes={ROUTE: template} if template else None
-            )
+        if not self._span_decided:
+            self._span_decided = True
+            # A request's unit joins its request's trace, and only a traced (recording)
+            # request's: an untraced request costs no span. Other units (jobs,
+            # scripts) always get one.
+            if self.request is None or trace.get_current_span().is_recording():
+                # The route is known here: frameworks route before the handler runs.
+                template, _path = route_of(self.request)
+                self.span = _get_instruments().tracer.start_span(
+                    UNIT_SPAN, attributes={ROUTE: template} if template else None
+                )
         _current_unit.set(self)
 
     async def async_session(self, name: str | None = None) -> AsyncSession:
