@@ -30,7 +30,8 @@ async def main() -> None:
     async with AppRunner(app) as runner:
         response = await runner.request("GET", "/now")
         print("STATUS", response.status, flush=True)
-    trace.get_tracer_provider().force_flush()
+        trace.get_tracer_provider().force_flush()
+        metrics.get_meter_provider().force_flush()  # while the pools are open
 
 
 anyio.run(main)
