@@ -110,7 +110,7 @@ async def test_scripted_units_give_exact_metrics_and_spans(
         f"database {name!r}: a connection (pool {pool})"
     ] * 2
     assert name in held[0].getMessage()
-    assert "code outside a request" in held[0].getMessage()
+    assert "a unit of work outside a request" in held[0].getMessage()
 
     units = spans("portside unit of work")[first_span:]
     outcomes = [span.attributes["portside.unit_of_work.outcome"] for span in units]
@@ -151,6 +151,31 @@ async def test_sync_units_in_worker_threads(tmp_path: Path, name: str) -> None:
     assert value(changes, "portside.unit_of_work.commits", **database) == 1
     assert value(changes, "portside.unit_of_work.rollbacks", **database) == 1
     assert value(changes, "db.client.connection.wait_time", **{POOL: f"{name}.sync"}) == 2
+
+
+@pytest.mark.anyio
+async def test_a_test_kits_connection_idle_between_units_is_not_held(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from portside_testing.outer_transaction import OuterTransaction
+
+    settings = DatabaseSettings(
+        url=f"sqlite:///{tmp_path / 'kit.db'}",
+        engines="async",
+        telemetry=True,
+        held_connection_threshold=0.05,
+    )
+    with OuterTransaction(), caplog.at_level(logging.WARNING, logger="portside"):
+        async with Lifecycle({name: settings}) as lifecycle:
+            before = snapshot()
+            for _ in range(2):  # one connection, checked out for the whole test
+                async with lifecycle.async_session(name) as session:
+                    await session.exec(text("SELECT 1"))
+                await anyio.sleep(0.1)
+            changes = delta(before, snapshot())
+    assert value(changes, "portside.connection.held", **{POOL: f"{name}.async"}) == 0
+    assert not [r for r in caplog.records if "sat unused" in r.getMessage()]
+    assert value(changes, "portside.unit_of_work.commits", **{"portside.database": name}) == 2
 
 
 def test_off_imports_no_opentelemetry_and_adds_no_listener(tmp_path: Path) -> None:

@@ -301,8 +301,11 @@ def instrument_engine(
         info = record.info
         info[_OUT_SINCE] = perf_counter()
         info[_LAST_STATEMENT] = None
-        info[_UNIT] = _current_unit.get()
-        info[_HELD_REPORTED] = False
+        unit = _current_unit.get()
+        # Only a unit's checkout is watched for holding: a test kit's connection, say,
+        # stays checked out across many units, idle between them by design.
+        info[_UNIT] = unit if unit is not None and not unit.ended else None
+        info[_HELD_REPORTED] = unit is None or unit.ended
         if count_used:
             pool.tally(used=1)
 
@@ -400,7 +403,9 @@ def _report_held(
     unit: TracedUnitOfWork | None = info.get(_UNIT)
     template, path = route_of(unit.request if unit else None)
     method = (unit.request or {}).get("method") if unit else None
-    where = f"{method} {template or path}" if (template or path) else "code outside a request"
+    where = (
+        f"{method} {template or path}" if (template or path) else "a unit of work outside a request"
+    )
     logger.warning(
         "database %r: a connection (pool %s) sat unused for %.2fs %s while %s kept it "
         "checked out, its transaction open (threshold %gs, "
