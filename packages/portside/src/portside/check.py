@@ -35,6 +35,7 @@ from sqlalchemy import Connection
 
 from portside.adapters import AsyncAdapter, SyncAdapter
 from portside.budget import ServerSlots, budget
+from portside.database import Database
 from portside.errors import ConfigurationError, PortsideError
 from portside.lifecycle import Lifecycle
 from portside.settings import DatabaseSettings
@@ -320,7 +321,7 @@ async def _budget(
 _PGBOUNCER_KEYS = ("max_client_conn", "default_pool_size", "reserve_pool_size")
 
 
-def _pgbouncer_config(database: Any) -> tuple[dict[str, int] | None, str | None]:
+def _pgbouncer_config(database: Database) -> tuple[dict[str, int] | None, str | None]:
     """PgBouncer's pool limits from its admin console, or why they could not be read.
 
     The console is the virtual database ``pgbouncer`` on PgBouncer's own address,
