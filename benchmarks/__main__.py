@@ -30,7 +30,7 @@ from typing import cast
 
 from benchmarks.checks import ROUTES, calls
 from benchmarks.contestant import Contestant
-from benchmarks.contestants import roster
+from benchmarks.contestants import OPT_IN, roster
 from benchmarks.databases import Backend, PoolConfig, postgresql_database, sqlite_database
 from benchmarks.report import markdown, summary
 from benchmarks.runner import Config, Runner, _remove
@@ -113,10 +113,13 @@ def parser() -> argparse.ArgumentParser:
 def select(all_contestants: Sequence[Contestant], include: str, exclude: str) -> list[Contestant]:
     """The contestants whose names match ``include`` and not ``exclude`` (globs)."""
     wanted, unwanted = _names(include), _names(exclude)
+    # "*" leaves out the opt-in contestants; a pattern naming them runs them.
     chosen = [
         c
         for c in all_contestants
-        if any(fnmatch.fnmatchcase(c.name, w) for w in wanted)
+        if any(
+            fnmatch.fnmatchcase(c.name, w) and (w != "*" or c.name not in OPT_IN) for w in wanted
+        )
         and not any(fnmatch.fnmatchcase(c.name, u) for u in unwanted)
     ]
     if not chosen:

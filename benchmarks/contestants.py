@@ -40,6 +40,19 @@ def _lazy(module: str, function: str) -> Callable[[BenchDatabase], AppBundle]:
     return build
 
 
+def _lazy_otel(module: str, function: str) -> Callable[[BenchDatabase], AppBundle]:
+    def build(database: BenchDatabase) -> AppBundle:
+        from benchmarks.telemetry import with_telemetry  # noqa: PLC0415 - imports the SDK
+
+        return with_telemetry(_lazy(module, function))(database)
+
+    return build
+
+
+#: Contestants that run only when named: they install OpenTelemetry's SDK process-wide.
+OPT_IN = ("starlette-portside-otel", "litestar-portside-otel")
+
+
 class _RawRunning:
     """The three operations on a session each, no HTTP: the database floor."""
 
@@ -102,5 +115,9 @@ def roster() -> list[Contestant]:
         asgi_contestant(name, framework, kind, _lazy(module, function))
         for name, framework, kind, module, function in entries
     ]
+    for framework in ("litestar", "starlette"):
+        name = f"{framework}-portside-otel"
+        build = _lazy_otel(f"benchmarks.apps_{framework}", "portside_app")
+        contestants.append(asgi_contestant(name, framework, "portside", build))
     contestants.append(Contestant("sqlalchemy-raw", "sqlalchemy", "raw", _RawStarter()))
     return contestants

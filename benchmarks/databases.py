@@ -64,6 +64,8 @@ class BenchDatabase:
     backend: Backend
     url: str
     pool: PoolConfig = field(default_factory=PoolConfig)
+    #: DATABASE_TELEMETRY for the portside contestants (the -otel ones).
+    telemetry: bool = False
 
     @functools.cached_property
     def settings(self) -> DatabaseSettings:
@@ -76,6 +78,7 @@ class BenchDatabase:
             pool_timeout=self.pool.timeout,
             pool_recycle=self.pool.recycle,
             sqlite_busy_timeout=_SQLITE_BUSY_TIMEOUT_MS / 1000,
+            telemetry=self.telemetry,
         )
 
     @property

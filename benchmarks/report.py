@@ -47,6 +47,9 @@ COMPARISONS = (
     Comparison("fastapi-portside", "fastapi-advanced-alchemy", 1.20),
     Comparison("litestar-portside", "litestar-advanced-alchemy"),
     Comparison(AA_COPY, AA_REFERENCE),
+    # Telemetry's cost (run only when named: --contestants 'starlette-portside*').
+    Comparison("starlette-portside-otel", "starlette-portside", 0.95),
+    Comparison("litestar-portside-otel", "litestar-portside", 0.95),
 )
 #: RSS growth allowed over the long run.
 RSS_LIMIT_BYTES = 5_000_000

@@ -32,6 +32,7 @@ DATABASE_KEYS = {
     "latency_ms",
     "pool",
     "pragmas",
+    "budget",
 }
 
 
@@ -39,7 +40,14 @@ DATABASE_KEYS = {
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No DATABASE_* variable or .env file of the developer's leaks into a check."""
     monkeypatch.chdir(tmp_path)
-    for name in ("DATABASE_URL", "DATABASE_ASYNC_URL", "DATABASE_ENGINES", "DATABASE_POOL_SIZE"):
+    for name in (
+        "DATABASE_URL",
+        "DATABASE_ASYNC_URL",
+        "DATABASE_ENGINES",
+        "DATABASE_POOL_SIZE",
+        "DATABASE_PGBOUNCER",
+        "WEB_CONCURRENCY",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -156,6 +164,78 @@ def test_postgresql_shows_the_server_version(
     code, out, _ = run(capsys, "--url", postgresql_url)
     assert code == 0
     assert f"server:     postgresql {row[0]}" in out
+
+
+# -- the connection budget ----------------------------------------------------------
+
+
+def server_slots(postgresql_url: str) -> int:
+    """max_connections minus superuser_reserved_connections, read from the server."""
+    with psycopg.connect(make_url(postgresql_url).render_as_string(False)) as connection:
+        row = connection.execute(
+            "SELECT current_setting('max_connections')::int"
+            " - current_setting('superuser_reserved_connections')::int"
+            " - coalesce(current_setting('reserved_connections', true)::int, 0)"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_budget_fits_the_real_server(
+    capsys: pytest.CaptureFixture[str], postgresql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    available = server_slots(postgresql_url)
+    monkeypatch.setenv("DATABASE_ENGINES", "async")
+    workers = available // 15  # as many workers as fit: pool 5 + overflow 10 each
+
+    code, out, err = run(capsys, "--url", postgresql_url, "--workers", str(workers), "--json")
+
+    assert (code, err) == (0, ""), out
+    budget = json.loads(out)["databases"]["default"]["budget"]
+    assert budget["fits"] is True
+    assert budget["connections"] == workers * 15
+    assert budget["server"]["available"] == available
+    assert budget["engines"] == ["async"]
+    assert budget["pgbouncer"] is None
+
+
+def test_budget_over_the_real_server_fails_with_the_arithmetic(
+    capsys: pytest.CaptureFixture[str], postgresql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    available = server_slots(postgresql_url)
+    # Both engines (the default): 30 connections per worker; WEB_CONCURRENCY as a
+    # server would read it.
+    workers = available // 30 + 1
+    monkeypatch.setenv("WEB_CONCURRENCY", str(workers))
+
+    code, out, err = run(capsys, "--url", postgresql_url)
+
+    assert code == 3, (out, err)
+    assert f"{workers} worker(s) x 2 engines (sync+async) x 15" in out
+    assert "DOES NOT FIT" in out
+    assert len(err.splitlines()) == 1
+    assert f"= {workers * 30} can be open at once, but the server accepts {available}" in err
+    assert "max_connections" in err
+    assert "DATABASE_POOL_SIZE" in err
+
+
+def test_budget_is_left_out_for_sqlite(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "--url", f"sqlite:///{tmp_path / 'app.db'}", "--workers", "500")
+
+    assert code == 0
+    assert "budget:" not in out
+
+
+def test_bad_workers_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = run(capsys, "--workers", "0")
+    assert code == 2
+    assert "positive whole number" in err
+    monkeypatch.setenv("WEB_CONCURRENCY", "many")
+    code, _, err = run(capsys)
+    assert code == 2
+    assert "WEB_CONCURRENCY" in err
 
 
 # -- failures: exit code, one line, no traceback, no password --------------------------

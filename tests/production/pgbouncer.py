@@ -17,6 +17,8 @@ from pathlib import Path
 #: Server connections PgBouncer keeps per database/user: fewer than the app's pool,
 #: so client connections really share server connections.
 SERVER_POOL_SIZE = 4
+#: Client connections PgBouncer accepts.
+MAX_CLIENT_CONN = 500
 
 
 def free_port() -> int:
@@ -69,7 +71,9 @@ class PgBouncer:
             f"auth_file = {self.directory / 'userlist.txt'}\n"
             "pool_mode = transaction\n"
             f"default_pool_size = {SERVER_POOL_SIZE}\n"
-            "max_client_conn = 500\n"
+            f"max_client_conn = {MAX_CLIENT_CONN}\n"
+            # The admin console, for `portside check`'s connection budget.
+            "admin_users = postgres\n"
             "ignore_startup_parameters = extra_float_digits\n"
             # Quiet: connection logging for thousands of requests is noise.
             "log_connections = 0\n"

@@ -97,6 +97,10 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 logger = logging.getLogger("portside")
 
+#: Called with the status of every reply :func:`error_reply` substitutes (telemetry
+#: adds its counter here when a database turns it on; empty otherwise).
+error_reply_observers: list[Callable[[int], None]] = []
+
 
 def lifecycle_from_state(scope: Scope) -> Lifecycle:
     """Find the lifecycle a portside lifespan put into lifespan state.
@@ -207,6 +211,8 @@ def error_reply(exc: BaseException, *, instead_of: str) -> ErrorReply:
     would otherwise have got, e.g. ``"the app's 201"``.
     """
     status, body = error_response(exc)
+    for observe in error_reply_observers:
+        observe(status)
     headers = {} if isinstance(exc, PartialCommitError) else classify(exc).headers
     cause = "" if isinstance(exc, PartialCommitError) else f"{classify(exc).cause}: "
     logger.warning(
@@ -261,7 +267,9 @@ class UnitOfWorkMiddleware:
             # Not a request, or one an outer app's portside already gives a unit of work.
             await self.app(scope, receive, send)
             return
-        unit = self._lifecycle(scope).unit_of_work(writes=scope["method"] not in SAFE_METHODS)
+        unit = self._lifecycle(scope).unit_of_work(
+            writes=scope["method"] not in SAFE_METHODS, request=scope
+        )
         scope[UNIT_OF_WORK_KEY] = unit
         started = False
         replaced = False

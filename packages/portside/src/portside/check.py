@@ -6,9 +6,14 @@ or takes ``--url``, starts a :class:`~portside.Lifecycle` with a short timeout a
 prints per database: the masked URLs, drivers, server version, round-trip latency,
 pool settings and, for SQLite, the effective pragmas.
 
-Exit status: 0 when every database answers, 1 when one does not, 2 for a usage or
-configuration error. The reason is one line on stderr, with no traceback and no
-password.
+For PostgreSQL it also prints the connection budget (:mod:`portside.budget`): with
+``--workers N`` (default: ``WEB_CONCURRENCY``, else 1), whether N worker processes'
+pools fit in the server's ``max_connections`` (and PgBouncer's limits, read from its
+admin console, when ``DATABASE_PGBOUNCER`` is set).
+
+Exit status: 0 when every database answers (and fits), 1 when one does not answer,
+2 for a usage or configuration error, 3 when the pools do not fit the server. The
+reason is one line on stderr, with no traceback and no password.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -28,16 +34,19 @@ from pydantic import ValidationError
 from sqlalchemy import Connection
 
 from portside.adapters import AsyncAdapter, SyncAdapter
+from portside.budget import ServerSlots, budget
+from portside.database import Database
 from portside.errors import ConfigurationError, PortsideError
 from portside.lifecycle import Lifecycle
 from portside.settings import DatabaseSettings
 from portside.urls import driver_name, parse_url, redact
 
-__all__ = ["EXIT_DOWN", "EXIT_OK", "EXIT_USAGE", "main"]
+__all__ = ["EXIT_DOWN", "EXIT_OK", "EXIT_OVER_BUDGET", "EXIT_USAGE", "main"]
 
 EXIT_OK = 0
 EXIT_DOWN = 1
 EXIT_USAGE = 2
+EXIT_OVER_BUDGET = 3
 
 _DEFAULT_TIMEOUT = 5.0
 _NAME = "default"
@@ -62,7 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = logging.NullHandler()
     logging.getLogger("portside").addHandler(quiet)
     try:
-        return _run(args.url, args.timeout, as_json=args.json)
+        workers = args.workers or _workers_from_environment()
+        if workers is None:
+            return EXIT_USAGE
+        return _run(args.url, args.timeout, as_json=args.json, workers=workers)
     finally:
         logging.getLogger("portside").removeHandler(quiet)
 
@@ -78,9 +90,11 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Connect to the database configured by the DATABASE_* environment variables "
             "(or a .env file), or to --url, and print its masked URLs, drivers, server "
-            "version, latency, pool settings and SQLite pragmas. Exit status: 0 when "
-            "every database answers, 1 when one does not, 2 for a usage or "
-            "configuration error."
+            "version, latency, pool settings and SQLite pragmas, and for PostgreSQL "
+            "whether the pools of --workers processes fit the server's max_connections "
+            "(and PgBouncer's limits when DATABASE_PGBOUNCER is set). Exit status: 0 "
+            "when every database answers and fits, 1 when one does not answer, 2 for a "
+            "usage or configuration error, 3 when the pools do not fit."
         ),
     )
     check.add_argument(
@@ -93,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
         default=_DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help=f"give up on a database after this long (default: {_DEFAULT_TIMEOUT:g})",
+    )
+    check.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="worker processes of the deployment, for the connection budget "
+        "(default: WEB_CONCURRENCY, else 1)",
     )
     check.add_argument("--json", action="store_true", help="print one JSON document")
     return parser
@@ -108,7 +129,29 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _run(url: str | None, timeout: float, *, as_json: bool) -> int:
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _workers_from_environment() -> int | None:
+    """``WEB_CONCURRENCY`` (what uvicorn and gunicorn read), else 1; ``None`` if invalid."""
+    text = os.environ.get("WEB_CONCURRENCY", "").strip()
+    if not text:
+        return 1
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError as exc:
+        print(f"portside check: WEB_CONCURRENCY: {exc}", file=sys.stderr)
+        return None
+
+
+def _run(url: str | None, timeout: float, *, as_json: bool, workers: int) -> int:
     try:
         settings = _settings(url, timeout)
     except (ConfigurationError, ValidationError) as exc:
@@ -118,11 +161,21 @@ def _run(url: str | None, timeout: float, *, as_json: bool) -> int:
         print(f"portside check: {reason}", file=sys.stderr)
         return EXIT_USAGE
 
-    reports = {_NAME: anyio.run(_check, _NAME, settings)}
+    reports = {_NAME: anyio.run(_check, _NAME, settings, workers)}
     ok = all(report["ok"] for report in reports.values())
+    over = [
+        f"database {name!r}: {' '.join(report['budget']['problems'])}"
+        for name, report in reports.items()
+        if report["budget"] and not report["budget"]["fits"]
+    ]
     if as_json:
         errors = [report["error"] for report in reports.values() if report["error"]]
-        document = {"ok": ok, "error": "; ".join(errors) or None, "databases": reports}
+        errors += over
+        document = {
+            "ok": ok and not over,
+            "error": "; ".join(errors) or None,
+            "databases": reports,
+        }
         print(json.dumps(document, indent=2))
     else:
         for name, report in reports.items():
@@ -130,7 +183,11 @@ def _run(url: str | None, timeout: float, *, as_json: bool) -> int:
     for report in reports.values():
         if report["error"]:
             print(f"portside check: {report['error']}", file=sys.stderr)
-    return EXIT_OK if ok else EXIT_DOWN
+    for problem in over:
+        print(f"portside check: {problem}", file=sys.stderr)
+    if not ok:
+        return EXIT_DOWN
+    return EXIT_OVER_BUDGET if over else EXIT_OK
 
 
 def _settings(url: str | None, timeout: float) -> DatabaseSettings:
@@ -163,7 +220,7 @@ def _config_reason(exc: ConfigurationError | ValidationError) -> str:
     return "invalid settings: " + "; ".join(problems)
 
 
-async def _check(name: str, settings: DatabaseSettings) -> dict[str, Any]:
+async def _check(name: str, settings: DatabaseSettings, workers: int) -> dict[str, Any]:
     """Start a lifecycle for one database and describe it; failures become ``error``."""
     wanted = {"sync": ("sync",), "async": ("async",)}.get(settings.engines, ("sync", "async"))
     kinds = list(wanted)
@@ -179,6 +236,7 @@ async def _check(name: str, settings: DatabaseSettings) -> dict[str, Any]:
         "latency_ms": None,
         "pool": None,
         "pragmas": None,
+        "budget": None,
     }
     try:
         async with Lifecycle({name: settings}) as lifecycle:
@@ -193,6 +251,8 @@ async def _check(name: str, settings: DatabaseSettings) -> dict[str, Any]:
                 assert status.latency is not None
                 report["latency_ms"] = round(status.latency * 1000, 3)
                 report |= await _inspect(lifecycle, name, report["backend"])
+                if report["backend"] == "postgresql":
+                    report["budget"] = await _budget(lifecycle, name, report, workers)
     except PortsideError as exc:  # StartupError and friends: already say which database
         # The startup timeout came from --timeout here, not from the environment.
         report["error"] = str(exc).replace("(DATABASE_STARTUP_TIMEOUT)", "(--timeout)")
@@ -236,6 +296,64 @@ async def _inspect(lifecycle: Lifecycle, name: str, backend: str) -> dict[str, A
     return facts
 
 
+async def _budget(
+    lifecycle: Lifecycle, name: str, report: dict[str, Any], workers: int
+) -> dict[str, Any]:
+    database = lifecycle.database(name)
+    pools: dict[str, int] = {}
+    for kind in database.kinds:
+        port = database.sync_port() if kind == "sync" else database.async_port()
+        if isinstance(port, SyncAdapter | AsyncAdapter):
+            options = port.engine_options()
+            pools[kind] = options.get("pool_size", 0) + options.get("max_overflow", 0)
+    slots = ServerSlots(**report.pop("server_slots"))
+    bouncer: dict[str, int] | None = None
+    unread: str | None = None
+    if database.settings.pgbouncer:
+        bouncer, unread = await anyio.to_thread.run_sync(
+            _pgbouncer_config, database, abandon_on_cancel=True
+        )
+    return budget(
+        workers=workers, pools=pools, server=slots, pgbouncer=bouncer, pgbouncer_unread=unread
+    ).as_dict()
+
+
+_PGBOUNCER_KEYS = ("max_client_conn", "default_pool_size", "reserve_pool_size")
+
+
+def _pgbouncer_config(database: Database) -> tuple[dict[str, int] | None, str | None]:
+    """PgBouncer's pool limits from its admin console, or why they could not be read.
+
+    The console is the virtual database ``pgbouncer`` on PgBouncer's own address,
+    open to the users in its ``admin_users`` or ``stats_users``.
+    """
+    url = database.settings.sync_url_object
+    try:
+        import psycopg  # noqa: PLC0415 - only for PgBouncer's console
+
+        with psycopg.connect(
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            password=url.password,
+            dbname="pgbouncer",
+            connect_timeout=max(1, round(database.settings.connect_timeout)),
+            autocommit=True,
+        ) as connection:
+            rows = connection.execute("SHOW CONFIG").fetchall()
+    except Exception as exc:
+        detail = database.redact(f"{type(exc).__name__}: {exc}")
+        return None, _one_line(
+            f"{detail} (its admin console, database 'pgbouncer' at {url.host}:{url.port}, "
+            "answers users listed in admin_users or stats_users)"
+        )
+    config = {str(row[0]): str(row[1]) for row in rows}
+    try:
+        return {key: int(config[key]) for key in _PGBOUNCER_KEYS}, None
+    except (KeyError, ValueError):
+        return None, f"SHOW CONFIG lacks one of {', '.join(_PGBOUNCER_KEYS)}"
+
+
 def _probe(connection: Connection, *, backend: str) -> dict[str, Any]:
     def scalar(sql: str) -> Any:
         return connection.exec_driver_sql(sql).scalar()
@@ -249,6 +367,16 @@ def _probe(connection: Connection, *, backend: str) -> dict[str, Any]:
             pragmas["synchronous"], pragmas["synchronous"]
         )
         facts["pragmas"] = pragmas
+    if backend == "postgresql":
+        # current_setting(..., true) is NULL where a setting does not exist (before 16).
+        facts["server_slots"] = {
+            setting: int(scalar(f"SELECT current_setting('{setting}', true)") or 0)
+            for setting in (
+                "max_connections",
+                "superuser_reserved_connections",
+                "reserved_connections",
+            )
+        }
     return facts
 
 
@@ -266,6 +394,10 @@ def _print_text(name: str, report: dict[str, Any]) -> None:
             f"timeout={pool['timeout']:g}s recycle={recycle} "
             f"pre_ping={_on_off(pool['pre_ping'])}",
         ]
+        if report["budget"] is not None:
+            first, *more = report["budget"]["summary"]
+            lines.append(f"  budget:     {first}")
+            lines += [f"              {line}" for line in more]
         if report["pragmas"] is not None:
             pragmas = " ".join(
                 f"{key}={_on_off(value) if isinstance(value, bool) else value}"

@@ -66,6 +66,7 @@ class Database:
         self._async: AsyncSessionPort | None = None
         self._left_out: str | None = None
         self._binding: ConnectionBinding | None = None
+        self._stop_telemetry: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"<Database {self.name!r} {self.masked_url}>"
@@ -206,6 +207,8 @@ class Database:
                 f"Database {self.name!r}: async SQLAlchemy runs on asyncio only. "
                 "Under trio, set engines='sync' (DATABASE_ENGINES=sync)."
             )
+        if self.settings.telemetry:
+            self._instrument()
         started = time.perf_counter()
         await self._wait_until_ready()
         logger.info(
@@ -214,6 +217,23 @@ class Database:
             self.masked_url,
             (time.perf_counter() - started) * 1000,
         )
+
+    def _instrument(self) -> None:
+        # Imported only here: without telemetry, no OpenTelemetry import at all.
+        try:
+            from portside.telemetry import instrument_engine  # noqa: PLC0415
+        except ImportError as exc:
+            raise StartupError(
+                f"Database {self.name!r} has telemetry on (DATABASE_TELEMETRY) but "
+                f"OpenTelemetry's API is not installed ({exc}); install portside[otel]."
+            ) from None
+        engines = [("sync", self._sync.engine)] if self._sync else []
+        if self._async is not None:
+            engines.append(("async", self._async.engine.sync_engine))
+        for kind, engine in engines:
+            self._stop_telemetry.append(
+                instrument_engine(engine, database=self.name, kind=kind, settings=self.settings)
+            )
 
     async def _wait_until_ready(self) -> None:
         timeout = self.settings.startup_timeout
@@ -274,6 +294,9 @@ class Database:
         left to its worker thread (psycopg's close does not wait for the server).
         """
         errors: list[str] = []
+        for stop in self._stop_telemetry:
+            stop()
+        self._stop_telemetry.clear()
         sync_port, self._sync = self._sync, None
         async_port, self._async = self._async, None
         limit = self.settings.cleanup_timeout

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
-from typing import Self, cast
+from typing import Any, Self, cast
 
 import anyio
 import anyio.from_thread
@@ -76,6 +76,12 @@ class Lifecycle:
         self._binding: ConnectionBinding | None = None
         #: Seconds a session's cleanup may take (the largest configured).
         self.cleanup_timeout = max(s.cleanup_timeout for s in databases.values())
+        self._unit_class = UnitOfWork
+        if any(s.telemetry for s in databases.values()):
+            # Imported only here: without telemetry, no OpenTelemetry import at all.
+            from portside.telemetry import TracedUnitOfWork  # noqa: PLC0415
+
+            self._unit_class = TracedUnitOfWork
 
     @classmethod
     @contextmanager
@@ -218,17 +224,21 @@ class Lifecycle:
 
     # -- units of work -------------------------------------------------------------
 
-    def unit_of_work(self, *, writes: bool = True) -> UnitOfWork:
+    def unit_of_work(
+        self, *, writes: bool = True, request: Mapping[str, Any] | None = None
+    ) -> UnitOfWork:
         """A new unit of work (see :class:`~portside.UnitOfWork`).
 
         Making one costs nothing and touches no pool; the lifecycle's state is
-        checked when the unit opens its first session.
+        checked when the unit opens its first session. ``request``: the ASGI scope
+        of the request it serves, whose route telemetry reports.
         """
-        return UnitOfWork(
+        return self._unit_class(
             self.database,
             self._in_flight,
             writes=writes,
             cleanup_timeout=self.cleanup_timeout,
+            request=request,
         )
 
     @asynccontextmanager

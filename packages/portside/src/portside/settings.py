@@ -213,6 +213,25 @@ class DatabaseSettings(BaseSettings):
         ),
     )
 
+    telemetry: bool = Field(
+        default=False,
+        description=(
+            "Record OpenTelemetry metrics and traces for this database's pools and the "
+            "units of work that use it (needs portside[otel]; the app configures the SDK). "
+            "Off: no OpenTelemetry import and no event listener at all."
+        ),
+    )
+    held_connection_threshold: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "With telemetry on: seconds a checked-out connection may sit unused between "
+            "statements (its handler awaiting something else, such as an HTTP API) before "
+            "portside reports it as held, once per checkout, with the route."
+        ),
+    )
+
     def __init__(self, *args: Any, **values: Any) -> None:
         token = _constructor_env_prefix.set(values.get("_env_prefix"))
         try:

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.to_thread
@@ -31,7 +31,7 @@ from portside.serial_gate import GateHolder
 from portside.sessions import ENDED_MESSAGE
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from portside.database import Database
     from portside.in_flight import InFlight
@@ -139,8 +139,12 @@ class UnitOfWork:
         *,
         writes: bool = True,
         cleanup_timeout: float,
+        request: Mapping[str, Any] | None = None,
     ) -> None:
         self._databases = databases
+        #: The ASGI scope of the request this unit serves, if any (telemetry reads
+        #: its route).
+        self.request = request
         self._in_flight = in_flight
         self._cleanup_timeout = cleanup_timeout
         self.writes = writes
@@ -157,6 +161,11 @@ class UnitOfWork:
     def opened(self) -> bool:
         """Whether any session was opened (a unit that opened none has nothing to end)."""
         return bool(self._sync or self._async)
+
+    @property
+    def database_names(self) -> tuple[str, ...]:
+        """The databases this unit opened a session on, in the order it opened them."""
+        return (*self._async, *(name for name in self._sync if name not in self._async))
 
     @property
     def ended(self) -> bool:
