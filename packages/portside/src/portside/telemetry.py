@@ -268,6 +268,21 @@ def route_of(scope: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
     )
 
 
+def _listen_first_to_connect(engine: Engine, listener: Callable[..., None]) -> None:
+    """Make ``listener`` the first ``do_connect`` listener of ``engine``.
+
+    One that opens the connection itself (the PostgreSQL adapters' bounded connects)
+    ends the chain, and SQLAlchemy ignores ``insert=True`` for dialect events, so the
+    others are listened again after it.
+    """
+    others = list(engine.dialect.dispatch.do_connect)
+    for other in others:
+        event.remove(engine, "do_connect", other)
+    event.listen(engine, "do_connect", listener)
+    for other in others:
+        event.listen(engine, "do_connect", other)
+
+
 def instrument_engine(
     engine: Engine, *, database: str, kind: str, settings: DatabaseSettings
 ) -> Callable[[], None]:
@@ -333,7 +348,7 @@ def instrument_engine(
     def after_statement(connection: Any, *_args: Any) -> None:
         connection.info[_LAST_STATEMENT] = perf_counter()
 
-    event.listen(engine, "do_connect", do_connect)
+    _listen_first_to_connect(engine, do_connect)
     event.listen(engine.pool, "connect", on_connect)
     event.listen(engine.pool, "checkout", on_checkout)
     event.listen(engine.pool, "checkin", on_checkin)
