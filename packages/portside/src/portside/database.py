@@ -21,6 +21,7 @@ from portside.errors import ConfigurationError, StartupError
 from portside.event_loop import running_asyncio
 from portside.failures import is_transient_at_startup
 from portside.health import DatabaseStatus
+from portside.replicas import ReplicaSet, ReplicaStatus
 from portside.urls import redact
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class Database:
         self._async: AsyncSessionPort | None = None
         self._left_out: str | None = None
         self._binding: ConnectionBinding | None = None
+        #: Its read replicas, while running (``None`` when it has none).
+        self.replicas: ReplicaSet | None = None
 
     def __repr__(self) -> str:
         return f"<Database {self.name!r} {self.masked_url}>"
@@ -130,13 +133,31 @@ class Database:
                 error = self.redact(one_line(exc))
         if error is not None:
             logger.warning("database %r (%s) is down: %s", self.name, self.masked_url, error)
+        replicas: tuple[ReplicaStatus, ...] = ()
+        if self.replicas is not None:
+            await self.replicas.check()
+            replicas = self.replicas.statuses()
         return DatabaseStatus(
             name=self.name,
             up=error is None,
             latency=latency,
             error=error,
             pools=self.pool_status(),
+            replicas=replicas,
         )
+
+    async def scalar(self, sql: str) -> object:
+        """Run one statement of raw SQL on a pooled connection; return its first value."""
+        if self._async is not None:
+            async with self._async.engine.connect() as connection:
+                return (await connection.exec_driver_sql(sql)).scalar()
+        engine = self.sync_port().engine
+
+        def run() -> object:
+            with engine.connect() as connection:
+                return connection.exec_driver_sql(sql).scalar()
+
+        return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
 
     def redact(self, text: str) -> str:
         """``text`` with every secret of this database's URLs masked."""
@@ -190,13 +211,21 @@ class Database:
 
     # -- startup and shutdown (the lifecycle's) ------------------------------------------
 
-    async def start(self, binding: ConnectionBinding | None) -> None:
-        """Build the engines and wait until the database answers (bounded, with retries)."""
+    def build(self, binding: ConnectionBinding | None) -> None:
+        """Build the engines (no I/O); raises :class:`ConfigurationError` if they cannot be."""
         self._binding = binding
+        self._sync, self._async, self._left_out = build_adapters(
+            self.settings, asyncio_available=running_asyncio()
+        )
+
+    async def start(self, binding: ConnectionBinding | None) -> None:
+        """Build the engines and wait until the database answers (bounded, with retries).
+
+        Then its replicas, if it has some: each is checked once, and one that does not
+        answer stays out of rotation (logged) instead of failing startup.
+        """
         try:
-            self._sync, self._async, self._left_out = build_adapters(
-                self.settings, asyncio_available=running_asyncio()
-            )
+            self.build(binding)
         except ConfigurationError as exc:
             raise StartupError(f"Database {self.name!r} ({self.masked_url}): {exc}") from None
         if self._async is not None and not running_asyncio():
@@ -212,6 +241,18 @@ class Database:
             self.masked_url,
             (time.perf_counter() - started) * 1000,
         )
+        self.replicas = ReplicaSet.for_database(self)
+        if self.replicas is not None:
+            await self.replicas.start()
+
+    @property
+    def routes_reads(self) -> bool:
+        """Whether read-only units of work may read from a replica now.
+
+        Not while a test kit binds sessions to its own connection: a replica cannot
+        see that connection's uncommitted rows.
+        """
+        return self.replicas is not None and self.replicas.routing and self._binding is None
 
     async def _wait_until_ready(self) -> None:
         timeout = self.settings.startup_timeout
@@ -266,6 +307,9 @@ class Database:
     async def dispose(self) -> list[str]:
         """Dispose every engine, collecting (not stopping at) failures; one line each."""
         errors: list[str] = []
+        replicas, self.replicas = self.replicas, None
+        if replicas is not None:
+            errors += await replicas.dispose()
         sync_port, self._sync = self._sync, None
         async_port, self._async = self._async, None
         try:
