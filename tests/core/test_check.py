@@ -32,6 +32,7 @@ DATABASE_KEYS = {
     "latency_ms",
     "pool",
     "pragmas",
+    "replicas",
 }
 
 
