@@ -148,9 +148,18 @@ class Replica:
         if getattr(original, "sqlstate", None) == _READ_ONLY_SQLSTATE:
             raise ReplicaWriteError(ReplicaWriteError.MESSAGE) from context.sqlalchemy_exception
         failure = context.sqlalchemy_exception or original
-        if context.is_disconnect or classify(failure).kind is Kind.UNAVAILABLE:
+        if context.is_disconnect:
             self.failures += 1
-            self.fail(self.database.redact(classify(failure).cause))
+            self.fail(classify(failure).cause)
+        else:
+            self.connection_failed(failure)
+
+    def connection_failed(self, exc: BaseException) -> None:
+        """Take it out of rotation if ``exc`` says it cannot serve (not for a bug)."""
+        failure = classify(exc)
+        if failure.kind is Kind.UNAVAILABLE:
+            self.failures += 1
+            self.fail(failure.cause)
 
     # -- checks ------------------------------------------------------------------------
 

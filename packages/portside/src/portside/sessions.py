@@ -53,6 +53,7 @@ class _EndableSession(_SQLModelSession):
     # Replica routing: decided once, when the session first needs a connection.
     _portside_route: Callable[[], Engine | None] | None = None
     _portside_routed: Engine | None = None
+    _portside_route_failed: Callable[[BaseException], None] | None = None
     # Read-your-writes: the connection of a write, whose WAL position is read after COMMIT.
     _portside_track_position: Callable[[Connection], None] | None = None
     _portside_wrote: bool = False
@@ -67,12 +68,16 @@ class _EndableSession(_SQLModelSession):
             return self._portside_routed
         return super().get_bind(*args, **kw)
 
-    def route_reads(self, route: Callable[[], Engine | None]) -> None:
+    def route_reads(
+        self, route: Callable[[], Engine | None], failed: Callable[[BaseException], None]
+    ) -> None:
         """Let ``route`` pick this session's engine (a replica's, or ``None``: as built).
 
-        Called once, when the session first needs a connection.
+        ``route`` is called once, when the session first needs a connection;
+        ``failed`` with the error if connecting to the engine it picked fails.
         """
         self._portside_route = route
+        self._portside_route_failed = failed
 
     @property
     def routed(self) -> bool:
@@ -115,7 +120,21 @@ class _EndableSession(_SQLModelSession):
         # A statement in a transaction that add() began (outside the greenlet, so
         # without waiting) gets its connection here, still before any I/O.
         self._pass_gates()
+        if self._portside_routed is not None:
+            return self._connection_for_bind_routed(engine, execution_options, **kw)
         return super()._connection_for_bind(engine, execution_options, **kw)
+
+    def _connection_for_bind_routed(
+        self, engine: Any, execution_options: Any, **kw: Any
+    ) -> Connection:
+        try:
+            return super()._connection_for_bind(engine, execution_options, **kw)
+        except Exception as exc:
+            # asyncpg's refused connection is a bare OSError that never reaches the
+            # engine's handle_error event: tell the route here.
+            if self._portside_route_failed is not None:
+                self._portside_route_failed(exc)
+            raise
 
     def _pass_gates(self) -> None:
         hook = self._portside_before_first_statement

@@ -190,7 +190,15 @@ class UnitOfWork:
         if self.writes or self._primary:
             self._track(database, session)
             return
-        session.route_reads(lambda: self._route(database, session, kind))
+        session.route_reads(
+            lambda: self._route(database, session, kind),
+            lambda exc: self._connect_failed(database, exc),
+        )
+
+    def _connect_failed(self, database: Database, exc: BaseException) -> None:
+        routed = self._routed.get(database.name)
+        if routed is not None:
+            routed[0].connection_failed(exc)
 
     def _track(self, database: Database, session: _EndableSession) -> None:
         def record(connection: Connection) -> None:
