@@ -147,14 +147,19 @@ class Database:
         )
 
     async def scalar(self, sql: str) -> object:
-        """Run one statement of raw SQL on a pooled connection; return its first value."""
+        """Run one statement of raw SQL on a pooled connection; return its first value.
+
+        In autocommit mode: a health check never leaves a transaction open, even briefly.
+        """
         if self._async is not None:
             async with self._async.engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
                 return (await connection.exec_driver_sql(sql)).scalar()
         engine = self.sync_port().engine
 
         def run() -> object:
             with engine.connect() as connection:
+                connection.execution_options(isolation_level="AUTOCOMMIT")
                 return connection.exec_driver_sql(sql).scalar()
 
         return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)

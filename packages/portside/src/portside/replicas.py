@@ -167,12 +167,14 @@ class Replica:
         database = self.database
         if "async" in database.kinds:
             async with database.async_engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
                 row = (await connection.exec_driver_sql(sql)).first()
         else:
             engine = database.engine
 
             def run() -> Any:
                 with engine.connect() as connection:
+                    connection.execution_options(isolation_level="AUTOCOMMIT")
                     return connection.exec_driver_sql(sql).first()
 
             row = await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
@@ -223,6 +225,7 @@ class Replica:
     def replay_position_blocking(self, kind: str) -> int | None:
         """The replay position, read now on the ``kind`` engine (worker thread or greenlet)."""
         with self.engine(kind).connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
             value = connection.exec_driver_sql(_REPLAY_QUERY).scalar()
         return None if value is None else parse_lsn(str(value))
 
