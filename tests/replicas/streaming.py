@@ -45,7 +45,7 @@ def _as_postgres() -> list[str]:
         if runuser is None:
             raise ReplicaUnavailableError("running as root but runuser is not installed")
         return [runuser, "-u", "postgres", "--"]
-    import pwd  # noqa: PLC0415 - POSIX only
+    import pwd
 
     if pwd.getpwuid(os.geteuid()).pw_name == "postgres":
         return []
@@ -161,8 +161,19 @@ class StreamingReplica:
             return None if row is None else row[0]
 
     def pause(self) -> None:
-        """Stop replaying WAL: from now on the replica lags behind every new write."""
+        """Stop replaying WAL: from now on the replica lags behind every new write.
+
+        A standby waiting for WAL only notices the request after replaying one more
+        record, so this writes throwaway records until replay is really paused.
+        """
         self._execute("SELECT pg_wal_replay_pause()")
+        deadline = time.monotonic() + 10
+        with psycopg.connect(_libpq(self.primary_url), autocommit=True) as primary:
+            while self._execute("SELECT pg_get_wal_replay_pause_state()") != "paused":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the replica did not pause its replay")
+                primary.execute("SELECT pg_logical_emit_message(false, 'portside-tests', 'pause')")
+                time.sleep(0.01)
 
     def resume(self) -> None:
         """Replay WAL again."""
@@ -174,9 +185,7 @@ class StreamingReplica:
             target = str(connection.execute("SELECT pg_current_wal_lsn()").fetchone()[0])  # type: ignore[index]
         deadline = time.monotonic() + within
         while True:
-            caught_up = self._execute(
-                f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"  # noqa: S608 - an LSN we read
-            )
+            caught_up = self._execute(f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn")
             if caught_up:
                 return
             if time.monotonic() > deadline:

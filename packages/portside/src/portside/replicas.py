@@ -20,7 +20,8 @@ import enum
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,12 +45,13 @@ logger = logging.getLogger("portside")
 
 _READ_ONLY_SQLSTATE = "25006"
 #: What a replica reports about itself in one round trip.
-_REPLICA_QUERY = (
-    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
-    "extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
-)
+_REPLICA_QUERY = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
 _REPLAY_QUERY = "SELECT pg_last_wal_replay_lsn()::text"
-PRIMARY_POSITION_QUERY = "SELECT pg_current_wal_lsn()::text"
+#: The insert position, not pg_current_wal_lsn(): a commit that wrote nothing else
+#: is not flushed at once (an asynchronous commit), so only this one includes it.
+PRIMARY_POSITION_QUERY = "SELECT pg_current_wal_insert_lsn()::text"
+#: Most primary positions remembered for measuring lag.
+_MAX_HISTORY = 1000
 #: Pause between two looks at a replica's replay position while a token waits.
 _POLL_INTERVAL = 0.01
 
@@ -180,8 +182,14 @@ class Replica:
             row = await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
         return None if row is None else tuple(row)
 
-    async def check(self, primary_position: int | None, max_lag: float) -> None:
-        """Ask the replica how far it has replayed; set its state (never raises)."""
+    async def check(self, history: Sequence[tuple[float, int]], max_lag: float) -> None:
+        """Ask the replica how far it has replayed; set its state (never raises).
+
+        ``history`` holds the primary's WAL position at each recent check (monotonic
+        time, position), oldest first. The lag is how long ago the primary was at the
+        first position the replica has not replayed yet: unlike the age of the last
+        replayed commit, it stays 0 while the primary is idle.
+        """
         timeout = self.database.settings.connect_timeout
         row: tuple[Any, ...] | None = None
         error = f"no answer within {timeout:g}s"
@@ -195,16 +203,14 @@ class Replica:
             self.lag = None
             self.fail(error or "no answer")
             return
-        in_recovery, replay_text, since_replay = row
+        in_recovery, replay_text = row
         if not in_recovery:
             self.fail("not a standby (pg_is_in_recovery() is false); check the replica URL")
             return
-        replay = parse_lsn(replay_text) if replay_text else None
-        if replay is not None:
-            self.observe(replay)
-        caught_up = primary_position is not None and replay is not None
-        caught_up = caught_up and replay >= primary_position  # type: ignore[operator]
-        self.lag = 0.0 if caught_up or since_replay is None else max(0.0, float(since_replay))
+        replay = parse_lsn(replay_text) if replay_text else 0
+        self.observe(replay)
+        behind = next((at for at, position in history if position > replay), None)
+        self.lag = 0.0 if behind is None else max(0.0, time.monotonic() - behind)
         if self.lag > max_lag:
             if self.state is ReplicaState.IN_ROTATION:
                 logger.warning(
@@ -243,6 +249,8 @@ class ReplicaSet:
         self.wait = settings.replica_wait
         self.interval = settings.replica_check_interval
         self._turn = itertools.count()
+        #: The primary's WAL position at each recent check: (monotonic time, position).
+        self._history: deque[tuple[float, int]] = deque()
 
     @classmethod
     def for_database(cls, primary: Database) -> ReplicaSet | None:
@@ -279,16 +287,21 @@ class ReplicaSet:
                 )
 
     async def check(self) -> None:
-        """Check every replica against the primary's current WAL position."""
-        position: int | None = None
+        """Check every replica against the primary's recent WAL positions."""
         with anyio.move_on_after(self.primary.settings.connect_timeout):
             try:
                 text = await self.primary.scalar(PRIMARY_POSITION_QUERY)
-                position = parse_lsn(str(text)) if text is not None else None
             except Exception:  # the primary's own health is ping()'s to report
-                position = None
+                text = None
+            if text is not None:
+                now = time.monotonic()
+                self._history.append((now, parse_lsn(str(text))))
+                # Older positions only matter to tell "too far behind" apart.
+                keep = self.max_lag + 2 * self.interval
+                while len(self._history) > _MAX_HISTORY or self._history[0][0] < now - keep:
+                    self._history.popleft()
         for replica in self.replicas:
-            await replica.check(position, self.max_lag)
+            await replica.check(self._history, self.max_lag)
 
     async def monitor(self) -> None:
         """Check the replicas every ``replica_check_interval`` seconds, forever."""

@@ -124,7 +124,7 @@ class ReplicaConformanceSuite:
             .update_query_dict({"application_name": stage.backend.application_name})
             .render_as_string(hide_password=False)
         )
-        values = {
+        values: dict[str, Any] = {
             "replica_urls": [replica_url],
             "replica_check_interval": 0.1,
             "replica_wait": 0.3,
@@ -250,7 +250,7 @@ class ReplicaConformanceSuite:
     async def test_replica_stopped_mid_run_then_back(
         self, stage: Stage, replica: StreamingReplicaControl
     ) -> None:
-        """Reads fall back to the primary (the first one retried there), then the replica rejoins."""
+        """Reads fall back to the primary (the first one retried there); the replica rejoins."""
         async with self.running(stage, replica) as app:
             assert (await app.request("POST", "/items", {"name": "kept"})).status == 201
             await anyio.to_thread.run_sync(replica.catch_up)
