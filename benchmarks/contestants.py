@@ -7,6 +7,7 @@ without advanced-alchemy never imports it.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +24,7 @@ from benchmarks.contestant import (
     asgi_contestant,
     checked_out,
 )
-from benchmarks.databases import BenchDatabase
+from benchmarks.databases import REPLICA_URL_ENV, BenchDatabase
 from benchmarks.driver import Call
 from benchmarks.models import LIST_LIMIT, NEW_ITEM, ItemCreate
 
@@ -78,6 +79,15 @@ class _RawStarter:
             await engine.dispose()
 
 
+def _with_replica(
+    build: Callable[[BenchDatabase], AppBundle],
+) -> Callable[[BenchDatabase], AppBundle]:
+    def build_with_replica(database: BenchDatabase) -> AppBundle:
+        return build(database.with_replica())
+
+    return build_with_replica
+
+
 def roster() -> list[Contestant]:
     """Every contestant, in report order."""
     entries: list[tuple[str, Framework, Kind, str, str]] = []
@@ -102,5 +112,12 @@ def roster() -> list[Contestant]:
         asgi_contestant(name, framework, kind, _lazy(module, function))
         for name, framework, kind, module, function in entries
     ]
+    if os.environ.get(REPLICA_URL_ENV):
+        # The portside contestant with its reads routed to a replica: what routing costs.
+        frameworks: tuple[Framework, ...] = ("fastapi", "litestar", "starlette")
+        for framework in frameworks:
+            name = f"{framework}-portside-replicas"
+            build = _with_replica(_lazy(f"benchmarks.apps_{framework}", "portside_app"))
+            contestants.append(asgi_contestant(name, framework, "portside-replicas", build))
     contestants.append(Contestant("sqlalchemy-raw", "sqlalchemy", "raw", _RawStarter()))
     return contestants

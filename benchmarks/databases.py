@@ -10,6 +10,7 @@ measured.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import Engine, delete, event, insert, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from benchmarks.models import SEED_ROWS, TABLE, Item, item_table, seed_rows
@@ -64,6 +66,8 @@ class BenchDatabase:
     backend: Backend
     url: str
     pool: PoolConfig = field(default_factory=PoolConfig)
+    #: A streaming replica of this database, for the ``*-portside-replicas`` contestants.
+    replica_url: str | None = None
 
     @functools.cached_property
     def settings(self) -> DatabaseSettings:
@@ -76,7 +80,22 @@ class BenchDatabase:
             pool_timeout=self.pool.timeout,
             pool_recycle=self.pool.recycle,
             sqlite_busy_timeout=_SQLITE_BUSY_TIMEOUT_MS / 1000,
+            replica_urls=[self.replica_url] if self.replica_url else [],
         )
+
+    def with_replica(self) -> BenchDatabase:
+        """This database read through the replica named by ``PORTSIDE_BENCH_REPLICA_URL``.
+
+        That variable names the replica server; the database name is this one's.
+        """
+        server = os.environ.get(REPLICA_URL_ENV)
+        if self.backend != "postgresql" or not server:
+            raise RuntimeError(
+                f"the *-portside-replicas contestants need --databases postgresql and "
+                f"{REPLICA_URL_ENV} set to a streaming replica of the benchmark's server"
+            )
+        url = make_url(server).set(database=make_url(self.url).database)
+        return dataclasses.replace(self, replica_url=url.render_as_string(hide_password=False))
 
     @property
     def async_url(self) -> str:
@@ -151,6 +170,10 @@ def sqlite_database(directory: Path | None, pool: PoolConfig) -> tuple[BenchData
     folder = Path(tempfile.mkdtemp(prefix="portside-bench-")) if directory is None else directory
     path = folder / "bench.db"
     return BenchDatabase("sqlite", f"sqlite:///{path}", pool), folder
+
+
+#: A streaming replica of the PostgreSQL server; enables the ``*-portside-replicas`` contestants.
+REPLICA_URL_ENV = "PORTSIDE_BENCH_REPLICA_URL"
 
 
 def postgresql_database(url: str | None, pool: PoolConfig) -> BenchDatabase:
