@@ -184,6 +184,18 @@ async def test_only_units_that_wrote_read_the_commit_position(
         async with lifecycle.unit_of_work() as later:
             await (await later.async_session()).exec(text("CREATE TEMP TABLE u (x int)"))  # type: ignore[call-overload]
         assert 0 < writer.commit_positions["default"] < later.commit_positions["default"]
+        async with lifecycle.unit_of_work() as direct:  # on the connection: no ORM event
+            connection = await (await direct.async_session()).connection()
+            await connection.exec_driver_sql("CREATE TEMP TABLE v (x int)")
+        assert direct.commit_positions["default"] > later.commit_positions["default"]
+
+        def sync_write() -> dict[str, int]:
+            unit = lifecycle.unit_of_work()
+            unit.session_blocking().exec(text("CREATE TEMP TABLE w (x int)"))  # type: ignore[call-overload]
+            unit.finish_blocking(commit=True)
+            return unit.commit_positions
+
+        assert (await anyio.to_thread.run_sync(sync_write))["default"] > 0
 
 
 @pytest.mark.anyio

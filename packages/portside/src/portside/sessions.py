@@ -101,6 +101,13 @@ class _EndableSession(_SQLModelSession):
         self._portside_track_position = read
         event.listen(self, "do_orm_execute", _note_write)
 
+    def connection(self, *args: Any, **kw: Any) -> Connection:
+        # Statements run on the connection directly pass no session event: count
+        # them as writes (at worst one needless round trip after the commit).
+        if self._portside_track_position is not None:
+            self._portside_wrote = True
+        return super().connection(*args, **kw)
+
     def _flush(self, objects: Any = None) -> None:
         super()._flush(objects)
         if self._portside_track_position is not None:
