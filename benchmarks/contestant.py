@@ -22,7 +22,14 @@ from benchmarks.driver import ASGIApp, AsgiClient, Call, run_lifespan
 
 Framework = Literal["fastapi", "litestar", "starlette", "sqlalchemy"]
 Kind = Literal[
-    "portside", "portside-replicas", "handwritten", "inline", "floor", "advanced-alchemy", "raw"
+    "portside",
+    "portside-replicas",
+    "portside-on-replica",
+    "handwritten",
+    "inline",
+    "floor",
+    "advanced-alchemy",
+    "raw",
 ]
 
 

@@ -79,13 +79,14 @@ class _RawStarter:
             await engine.dispose()
 
 
-def _with_replica(
+def _on(
     build: Callable[[BenchDatabase], AppBundle],
+    variant: Callable[[BenchDatabase], BenchDatabase],
 ) -> Callable[[BenchDatabase], AppBundle]:
-    def build_with_replica(database: BenchDatabase) -> AppBundle:
-        return build(database.with_replica())
+    def build_variant(database: BenchDatabase) -> AppBundle:
+        return build(variant(database))
 
-    return build_with_replica
+    return build_variant
 
 
 def roster() -> list[Contestant]:
@@ -116,8 +117,20 @@ def roster() -> list[Contestant]:
         # The portside contestant with its reads routed to a replica: what routing costs.
         frameworks: tuple[Framework, ...] = ("fastapi", "litestar", "starlette")
         for framework in frameworks:
-            name = f"{framework}-portside-replicas"
-            build = _with_replica(_lazy(f"benchmarks.apps_{framework}", "portside_app"))
-            contestants.append(asgi_contestant(name, framework, "portside-replicas", build))
+            build = _lazy(f"benchmarks.apps_{framework}", "portside_app")
+            contestants += [
+                asgi_contestant(
+                    f"{framework}-portside-replicas",
+                    framework,
+                    "portside-replicas",
+                    _on(build, BenchDatabase.with_replica),
+                ),
+                asgi_contestant(
+                    f"{framework}-portside-on-replica",
+                    framework,
+                    "portside-on-replica",
+                    _on(build, BenchDatabase.on_replica),
+                ),
+            ]
     contestants.append(Contestant("sqlalchemy-raw", "sqlalchemy", "raw", _RawStarter()))
     return contestants

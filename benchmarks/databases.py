@@ -83,11 +83,8 @@ class BenchDatabase:
             replica_urls=[self.replica_url] if self.replica_url else [],
         )
 
-    def with_replica(self) -> BenchDatabase:
-        """This database read through the replica named by ``PORTSIDE_BENCH_REPLICA_URL``.
-
-        That variable names the replica server; the database name is this one's.
-        """
+    def _replica(self) -> str:
+        """This database on the replica server named by ``PORTSIDE_BENCH_REPLICA_URL``."""
         server = os.environ.get(REPLICA_URL_ENV)
         if self.backend != "postgresql" or not server:
             raise RuntimeError(
@@ -95,7 +92,19 @@ class BenchDatabase:
                 f"{REPLICA_URL_ENV} set to a streaming replica of the benchmark's server"
             )
         url = make_url(server).set(database=make_url(self.url).database)
-        return dataclasses.replace(self, replica_url=url.render_as_string(hide_password=False))
+        return url.render_as_string(hide_password=False)
+
+    def with_replica(self) -> BenchDatabase:
+        """This database with its reads routed to the replica (``*-portside-replicas``)."""
+        return dataclasses.replace(self, replica_url=self._replica())
+
+    def on_replica(self) -> BenchDatabase:
+        """The replica as the only database, no routing (``*-portside-on-replica``).
+
+        Reads then hit the same server as ``with_replica``'s, so the difference
+        between the two is what routing itself costs. Only GET works there.
+        """
+        return dataclasses.replace(self, url=self._replica(), replica_url=None)
 
     @property
     def async_url(self) -> str:

@@ -12,6 +12,11 @@ client has not been told anything yet:
   serve (exhausted pool, lost connection) is answered with 503, anything else is
   re-raised for the framework or server to report.
 
+With read replicas (:mod:`portside.replicas`) it also reads the request's
+consistency token (:mod:`portside.consistency`), adds a new one to the response of
+a unit that committed a write, and runs a safe-method request once more on the
+primary when its replica failed before the response started.
+
 Whatever happens, cancellation included, the unit ends before the middleware
 returns. Framework-neutral: it knows ASGI and nothing else.
 """
@@ -256,7 +261,8 @@ class UnitOfWorkMiddleware:
             received.append(message)
             return message
 
-        if not await self._attempt(scope, recording_receive, send, unit, retry=True):
+        token = positions or {}
+        if not await self._attempt(scope, recording_receive, send, unit, token=token, retry=True):
             return
         # Its replica failed before the response started: once more, on the primary.
         logger.warning(
@@ -272,7 +278,7 @@ class UnitOfWorkMiddleware:
         retry = lifecycle.unit_of_work(writes=False, positions=positions)
         retry.use_primary()
         del scope[UNIT_OF_WORK_KEY]
-        await self._attempt(scope, replaying_receive, send, retry, token=positions or {})
+        await self._attempt(scope, replaying_receive, send, retry, token=token)
 
     async def _attempt(
         self,
