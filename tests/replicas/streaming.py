@@ -23,6 +23,8 @@ from sqlalchemy.engine import make_url
 
 from tests.production.pgbouncer import free_port, listening
 
+#: Names of the replication slots of test replicas: prefix, test process id, port.
+SLOT_PREFIX = "portside_tests_"
 #: The rule :func:`allow_replication` adds, once.
 HBA_RULE = "host replication all 127.0.0.1/32 trust"
 
@@ -75,6 +77,23 @@ def allow_replication(primary_url: str) -> None:
     time.sleep(0.2)  # the postmaster reloads asynchronously
 
 
+def drop_abandoned_slots(primary_url: str) -> None:
+    """Drop the slots of test replicas whose test process is gone (they keep WAL forever)."""
+    with psycopg.connect(_libpq(primary_url), autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE NOT active AND slot_name LIKE %s",
+            (SLOT_PREFIX.replace("_", "\\_") + "%",),
+        ).fetchall()
+        for (slot,) in rows:
+            pid = int(str(slot)[len(SLOT_PREFIX) :].split("_")[0])
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                connection.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            except PermissionError:  # alive, someone else's
+                continue
+
+
 class StreamingReplica:
     """One hot standby of the test server, started and removed by the tests."""
 
@@ -93,6 +112,9 @@ class StreamingReplica:
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="portside-replica-"))
         self.data = self.directory / "data"
+        #: A physical replication slot keeps the primary's WAL until the replica has it,
+        #: so a replica stopped for a while (or slow under load) can always catch up.
+        self.slot = f"{SLOT_PREFIX}{os.getpid()}_{self.port}"
 
     def _run(self, program: str, *args: str) -> None:
         command = [*self.prefix, str(self.bindir / program), *args]
@@ -103,6 +125,7 @@ class StreamingReplica:
     def create(self) -> None:
         """Copy the primary with ``pg_basebackup -R`` and start the standby."""
         allow_replication(self.primary_url)
+        drop_abandoned_slots(self.primary_url)
         primary = make_url(self.primary_url)
         shutil.chown(self.directory, "postgres", "postgres")
         self.directory.chmod(0o700)
@@ -112,7 +135,7 @@ class StreamingReplica:
             "-p", str(primary.port or 5432),
             "-U", primary.username or "postgres",
             "-D", str(self.data),
-            "-R", "-X", "stream", "-c", "fast",
+            "-R", "-X", "stream", "-c", "fast", "-C", "-S", self.slot,
         )  # fmt: skip
         (self.data / "postgresql.conf").write_text(
             f"port = {self.port}\n"
@@ -146,9 +169,18 @@ class StreamingReplica:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def remove(self) -> None:
-        """Stop it if running and delete its directory."""
+        """Stop it if running, drop its slot and delete its directory."""
         with contextlib.suppress(Exception):
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        with (
+            contextlib.suppress(Exception),
+            psycopg.connect(_libpq(self.primary_url), autocommit=True) as connection,
+        ):
+            connection.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s",
+                (self.slot,),
+            )
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def url(self, database: str | None = None) -> str:
