@@ -21,7 +21,16 @@ from benchmarks.databases import BenchDatabase
 from benchmarks.driver import ASGIApp, AsgiClient, Call, run_lifespan
 
 Framework = Literal["fastapi", "litestar", "starlette", "sqlalchemy"]
-Kind = Literal["portside", "handwritten", "inline", "floor", "advanced-alchemy", "raw"]
+Kind = Literal[
+    "portside",
+    "portside-replicas",
+    "portside-on-replica",
+    "handwritten",
+    "inline",
+    "floor",
+    "advanced-alchemy",
+    "raw",
+]
 
 
 class Running(Protocol):

@@ -7,6 +7,7 @@ without advanced-alchemy never imports it.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +24,7 @@ from benchmarks.contestant import (
     asgi_contestant,
     checked_out,
 )
-from benchmarks.databases import BenchDatabase
+from benchmarks.databases import REPLICA_URL_ENV, BenchDatabase
 from benchmarks.driver import Call
 from benchmarks.models import LIST_LIMIT, NEW_ITEM, ItemCreate
 
@@ -91,6 +92,16 @@ class _RawStarter:
             await engine.dispose()
 
 
+def _on(
+    build: Callable[[BenchDatabase], AppBundle],
+    variant: Callable[[BenchDatabase], BenchDatabase],
+) -> Callable[[BenchDatabase], AppBundle]:
+    def build_variant(database: BenchDatabase) -> AppBundle:
+        return build(variant(database))
+
+    return build_variant
+
+
 def roster() -> list[Contestant]:
     """Every contestant, in report order."""
     entries: list[tuple[str, Framework, Kind, str, str]] = []
@@ -119,5 +130,24 @@ def roster() -> list[Contestant]:
         name = f"{framework}-portside-otel"
         build = _lazy_otel(f"benchmarks.apps_{framework}", "portside_app")
         contestants.append(asgi_contestant(name, framework, "portside", build))
+    if os.environ.get(REPLICA_URL_ENV):
+        # The portside contestant with its reads routed to a replica: what routing costs.
+        frameworks: tuple[Framework, ...] = ("fastapi", "litestar", "starlette")
+        for framework in frameworks:
+            build = _lazy(f"benchmarks.apps_{framework}", "portside_app")
+            contestants += [
+                asgi_contestant(
+                    f"{framework}-portside-replicas",
+                    framework,
+                    "portside-replicas",
+                    _on(build, BenchDatabase.with_replica),
+                ),
+                asgi_contestant(
+                    f"{framework}-portside-on-replica",
+                    framework,
+                    "portside-on-replica",
+                    _on(build, BenchDatabase.on_replica),
+                ),
+            ]
     contestants.append(Contestant("sqlalchemy-raw", "sqlalchemy", "raw", _RawStarter()))
     return contestants

@@ -10,6 +10,7 @@ measured.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import Engine, delete, event, insert, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from benchmarks.models import SEED_ROWS, TABLE, Item, item_table, seed_rows
@@ -66,6 +68,8 @@ class BenchDatabase:
     pool: PoolConfig = field(default_factory=PoolConfig)
     #: DATABASE_TELEMETRY for the portside contestants (the -otel ones).
     telemetry: bool = False
+    #: A streaming replica of this database, for the ``*-portside-replicas`` contestants.
+    replica_url: str | None = None
 
     @functools.cached_property
     def settings(self) -> DatabaseSettings:
@@ -79,7 +83,31 @@ class BenchDatabase:
             pool_recycle=self.pool.recycle,
             sqlite_busy_timeout=_SQLITE_BUSY_TIMEOUT_MS / 1000,
             telemetry=self.telemetry,
+            replica_urls=[self.replica_url] if self.replica_url else [],
         )
+
+    def _replica(self) -> str:
+        """This database on the replica server named by ``PORTSIDE_BENCH_REPLICA_URL``."""
+        server = os.environ.get(REPLICA_URL_ENV)
+        if self.backend != "postgresql" or not server:
+            raise RuntimeError(
+                f"the *-portside-replicas contestants need --databases postgresql and "
+                f"{REPLICA_URL_ENV} set to a streaming replica of the benchmark's server"
+            )
+        url = make_url(server).set(database=make_url(self.url).database)
+        return url.render_as_string(hide_password=False)
+
+    def with_replica(self) -> BenchDatabase:
+        """This database with its reads routed to the replica (``*-portside-replicas``)."""
+        return dataclasses.replace(self, replica_url=self._replica())
+
+    def on_replica(self) -> BenchDatabase:
+        """The replica as the only database, no routing (``*-portside-on-replica``).
+
+        Reads then hit the same server as ``with_replica``'s, so the difference
+        between the two is what routing itself costs. Only GET works there.
+        """
+        return dataclasses.replace(self, url=self._replica(), replica_url=None)
 
     @property
     def async_url(self) -> str:
@@ -154,6 +182,10 @@ def sqlite_database(directory: Path | None, pool: PoolConfig) -> tuple[BenchData
     folder = Path(tempfile.mkdtemp(prefix="portside-bench-")) if directory is None else directory
     path = folder / "bench.db"
     return BenchDatabase("sqlite", f"sqlite:///{path}", pool), folder
+
+
+#: A streaming replica of the PostgreSQL server; enables the ``*-portside-replicas`` contestants.
+REPLICA_URL_ENV = "PORTSIDE_BENCH_REPLICA_URL"
 
 
 def postgresql_database(url: str | None, pool: PoolConfig) -> BenchDatabase:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy.engine import make_url
+
+from tests.replicas.streaming import ReplicaUnavailableError, StreamingReplica
 
 DEFAULT_POSTGRESQL_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -40,3 +43,31 @@ def postgresql_url() -> str:
             pytest.fail(f"{message}, and CI=true requires one")
         pytest.skip(f"{message}; set PORTSIDE_TEST_POSTGRESQL_URL to run these tests")
     return url
+
+
+@pytest.fixture(scope="session")
+def streaming_replica(postgresql_url: str) -> Iterator[StreamingReplica]:
+    """A hot standby of the test server (``pg_basebackup -R``), for the whole session.
+
+    Skipped with the reason when one cannot be made here (not root or postgres, no
+    server binaries, the primary elsewhere), except under ``CI=true``, where that
+    is a failure.
+    """
+    try:
+        replica = StreamingReplica(postgresql_url)
+    except ReplicaUnavailableError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot start a streaming replica: {exc}, and CI=true requires one")
+        pytest.skip(f"cannot start a streaming replica: {exc}")
+    try:
+        replica.create()
+    except ReplicaUnavailableError as exc:
+        replica.remove()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot start a streaming replica: {exc}, and CI=true requires one")
+        pytest.skip(f"cannot start a streaming replica: {exc}")
+    except BaseException:
+        replica.remove()
+        raise
+    yield replica
+    replica.remove()

@@ -39,12 +39,15 @@ from portside_fastapi import (
     get_lifecycle,
     install,
     session_dependency,
+    use_primary,
 )
-from portside_testing.conformance import ConformanceSuite
+from portside_testing.conformance import ConformanceSuite, ReplicaConformanceSuite
 from portside_testing.conformance.harness import Mode
 from portside_testing.conformance.models import Child, Item
 
 MISSING_PARENT = 999_999
+#: Whether the server that answers is a standby (the replica scenarios' probe).
+IN_RECOVERY = func.pg_is_in_recovery()
 
 AnalyticsSessionDep = Annotated[AsyncSession, Depends(async_session_dependency("analytics"))]
 SyncAnalyticsSessionDep = Annotated[Session, Depends(session_dependency("analytics"))]
@@ -195,6 +198,22 @@ async def create_slowly(data: SlowIn, session: AsyncSessionDep) -> Item:
     return item
 
 
+@async_api.get("/replica/where")
+async def replica_where(session: AsyncSessionDep) -> dict[str, bool]:
+    return {"replica": (await session.exec(select(IN_RECOVERY))).one()}
+
+
+@async_api.get("/replica/primary")
+async def replica_primary(request: Request, session: AsyncSessionDep) -> dict[str, bool]:
+    use_primary(request)
+    return {"replica": (await session.exec(select(IN_RECOVERY))).one()}
+
+
+@async_api.get("/replica/write")
+async def replica_write(session: AsyncSessionDep) -> dict[str, int]:
+    return {"id": (await add_item(session, "written-on-a-get")).id or 0}
+
+
 @async_api.get("/same-session")
 async def same_session(session: AsyncSessionDep, other: UncachedSessionDep) -> dict[str, bool]:
     return {"same": session is other}
@@ -302,6 +321,22 @@ def create_slowly_sync(data: SlowIn, session: SessionDep) -> Item:
     return item
 
 
+@sync_api.get("/replica/where")
+def replica_where_sync(session: SessionDep) -> dict[str, bool]:
+    return {"replica": session.exec(select(IN_RECOVERY)).one()}
+
+
+@sync_api.get("/replica/primary")
+def replica_primary_sync(request: Request, session: SessionDep) -> dict[str, bool]:
+    use_primary(request)
+    return {"replica": session.exec(select(IN_RECOVERY)).one()}
+
+
+@sync_api.get("/replica/write")
+def replica_write_sync(session: SessionDep) -> dict[str, int]:
+    return {"id": add_item_sync(session, "written-on-a-get").id or 0}
+
+
 @sync_api.get("/same-session")
 def same_session_sync(session: SessionDep, other: UncachedSyncSessionDep) -> dict[str, bool]:
     return {"same": session is other}
@@ -365,4 +400,8 @@ class FastAPIHarness:
 
 
 class TestFastAPIConformance(ConformanceSuite):
+    harness = FastAPIHarness()
+
+
+class TestFastAPIReplicas(ReplicaConformanceSuite):
     harness = FastAPIHarness()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
-from litestar import Litestar, WebSocket, get, post, websocket
+from litestar import Litestar, Request, WebSocket, get, post, websocket
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException, WebSocketDisconnect
@@ -34,10 +34,14 @@ from portside_litestar import (
     async_session_dependency,
     get_lifecycle,
     session_dependency,
+    use_primary,
 )
-from portside_testing.conformance import ConformanceSuite
+from portside_testing.conformance import ConformanceSuite, ReplicaConformanceSuite
 from portside_testing.conformance.harness import Mode
 from portside_testing.conformance.models import Child, Item
+
+#: Whether the server that answers is a standby (the replica scenarios' probe).
+IN_RECOVERY = func.pg_is_in_recovery()
 
 MISSING_PARENT = 999_999
 
@@ -214,7 +218,28 @@ async def count_analytics(analytics_session: AsyncSessionDep) -> dict[str, int]:
     return {"count": count}
 
 
+@get("/replica/where")
+async def replica_where(db_session: AsyncSessionDep) -> dict[str, bool]:
+    return {"replica": (await db_session.exec(select(IN_RECOVERY))).one()}
+
+
+@get("/replica/primary")
+async def replica_primary(
+    request: Request[Any, Any, Any], db_session: AsyncSessionDep
+) -> dict[str, bool]:
+    use_primary(request)
+    return {"replica": (await db_session.exec(select(IN_RECOVERY))).one()}
+
+
+@get("/replica/write")
+async def replica_write(db_session: AsyncSessionDep) -> dict[str, int]:
+    return {"id": (await add_item(db_session, "written-on-a-get")).id or 0}
+
+
 ASYNC_HANDLERS: list[ControllerRouterHandler] = [
+    replica_where,
+    replica_primary,
+    replica_write,
     create_item,
     read_item,
     list_items,
@@ -339,7 +364,28 @@ def count_analytics_sync(analytics_session: SessionDep) -> dict[str, int]:
     return {"count": analytics_session.exec(select(func.count()).select_from(Item)).one()}
 
 
+@get("/replica/where", sync_to_thread=True)
+def replica_where_sync(sync_db_session: SessionDep) -> dict[str, bool]:
+    return {"replica": sync_db_session.exec(select(IN_RECOVERY)).one()}
+
+
+@get("/replica/primary", sync_to_thread=True)
+def replica_primary_sync(
+    request: Request[Any, Any, Any], sync_db_session: SessionDep
+) -> dict[str, bool]:
+    use_primary(request)
+    return {"replica": sync_db_session.exec(select(IN_RECOVERY)).one()}
+
+
+@get("/replica/write", sync_to_thread=True)
+def replica_write_sync(sync_db_session: SessionDep) -> dict[str, int]:
+    return {"id": add_item_sync(sync_db_session, "written-on-a-get").id or 0}
+
+
 SYNC_HANDLERS: list[ControllerRouterHandler] = [
+    replica_where_sync,
+    replica_primary_sync,
+    replica_write_sync,
     create_item_sync,
     read_item_sync,
     list_items_sync,
@@ -395,4 +441,8 @@ class LitestarHarness:
 
 
 class TestLitestarConformance(ConformanceSuite):
+    harness = LitestarHarness()
+
+
+class TestLitestarReplicas(ReplicaConformanceSuite):
     harness = LitestarHarness()

@@ -32,11 +32,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 import portside_starlette
 from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
 from portside_starlette import get_lifecycle, install
-from portside_testing.conformance import ConformanceSuite
+from portside_testing.conformance import ConformanceSuite, ReplicaConformanceSuite
 from portside_testing.conformance.harness import Mode
 from portside_testing.conformance.models import Child, Item
 
 MISSING_PARENT = 999_999
+#: Whether the server that answers is a standby (the replica scenarios' probe).
+IN_RECOVERY = func.pg_is_in_recovery()
 
 
 def as_json(item: Item) -> dict[str, Any]:
@@ -219,6 +221,30 @@ async_routes: list[BaseRoute] = [
     Route("/items/background", create_then_background, methods=["POST"]),
     Route("/same-session", same_session),
 ]
+
+
+async def replica_where(request: Request) -> JSONResponse:
+    session = await portside_starlette.async_session(request)
+    return JSONResponse({"replica": (await session.exec(select(IN_RECOVERY))).one()})
+
+
+async def replica_primary(request: Request) -> JSONResponse:
+    portside_starlette.use_primary(request)
+    return await replica_where(request)
+
+
+async def replica_write(request: Request) -> JSONResponse:
+    session = await portside_starlette.async_session(request)
+    session.add(Item(name="written-on-a-get"))
+    await session.flush()
+    return JSONResponse({})
+
+
+async_routes += [
+    Route("/replica/where", replica_where),
+    Route("/replica/primary", replica_primary),
+    Route("/replica/write", replica_write),
+]
 async_analytics: list[BaseRoute] = [Route("/analytics/count", count_analytics)]
 
 
@@ -354,6 +380,28 @@ sync_routes: list[BaseRoute] = [
     Route("/items/background", create_then_background_sync, methods=["POST"]),
     Route("/same-session", same_session_sync),
 ]
+
+
+def replica_where_sync(request: Request) -> JSONResponse:
+    session = portside_starlette.session_from_thread(request)
+    return JSONResponse({"replica": session.exec(select(IN_RECOVERY)).one()})
+
+
+def replica_primary_sync(request: Request) -> JSONResponse:
+    portside_starlette.use_primary(request)
+    return replica_where_sync(request)
+
+
+def replica_write_sync(request: Request) -> JSONResponse:
+    add_item_sync(portside_starlette.session_from_thread(request), "written-on-a-get")
+    return JSONResponse({})
+
+
+sync_routes += [
+    Route("/replica/where", replica_where_sync),
+    Route("/replica/primary", replica_primary_sync),
+    Route("/replica/write", replica_write_sync),
+]
 sync_analytics: list[BaseRoute] = [Route("/analytics/count", count_analytics_sync)]
 
 
@@ -385,4 +433,8 @@ class StarletteHarness:
 
 
 class TestStarletteConformance(ConformanceSuite):
+    harness = StarletteHarness()
+
+
+class TestStarletteReplicas(ReplicaConformanceSuite):
     harness = StarletteHarness()

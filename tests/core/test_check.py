@@ -33,6 +33,7 @@ DATABASE_KEYS = {
     "pool",
     "pragmas",
     "budget",
+    "replicas",
 }
 
 

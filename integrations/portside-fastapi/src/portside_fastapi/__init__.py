@@ -69,6 +69,7 @@ __all__ = [
     "install",
     "readiness",
     "session_dependency",
+    "use_primary",
 ]
 
 #: The app's own lifespan, run inside portside's with the running lifecycle.
@@ -159,6 +160,17 @@ AsyncSessionDep = Annotated[AsyncSession, Depends(async_session_dependency())]
 SessionDep = Annotated[Session, Depends(session_dependency())]
 #: The running lifecycle, in HTTP and websocket endpoints.
 LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]
+
+
+def use_primary(connection: HTTPConnection) -> None:
+    """Make this request read (and write) on the primary, not a read replica.
+
+    A GET, HEAD, OPTIONS or TRACE request reads from a replica when the database has
+    some; call this before the request's first query when it must see the primary
+    (or write), or declare it on the route: ``dependencies=[Depends(use_primary)]``.
+    Nothing changes for a database without replicas.
+    """
+    portside_starlette.use_primary(connection)
 
 
 async def readiness(lifecycle: LifecycleDep) -> JSONResponse:

@@ -83,6 +83,7 @@ __all__ = [
     "async_session_dependency",
     "get_lifecycle",
     "session_dependency",
+    "use_primary",
 ]
 
 #: The app's own lifespan, run inside portside's with the running lifecycle.
@@ -144,6 +145,16 @@ def session_dependency(name: str | None = None) -> Provide:
         return await unit.session(name)
 
     return Provide(provide)
+
+
+def use_primary(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """Make this request read (and write) on the primary, not a read replica.
+
+    A GET, HEAD, OPTIONS or TRACE request reads from a replica when the database has
+    some; call this before the request's first query when it must see the primary
+    (or write). Nothing changes for a database without replicas.
+    """
+    unit_of_work_from_scope(cast("MutableMapping[str, Any]", connection.scope)).use_primary()
 
 
 async def _provide_lifecycle(scope: Scope) -> Lifecycle:

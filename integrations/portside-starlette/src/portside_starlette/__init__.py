@@ -79,6 +79,7 @@ __all__ = [
     "readiness",
     "session",
     "session_from_thread",
+    "use_primary",
 ]
 
 AppT = TypeVar("AppT", bound=Starlette)
@@ -186,6 +187,16 @@ async def session(connection: HTTPConnection, name: str | None = None) -> Sessio
 def session_from_thread(connection: HTTPConnection, name: str | None = None) -> Session:
     """:func:`session` for a ``def`` endpoint, which Starlette runs in a worker thread."""
     return anyio.from_thread.run(session, connection, name)
+
+
+def use_primary(connection: HTTPConnection) -> None:
+    """Make this request read (and write) on the primary, not a read replica.
+
+    A GET, HEAD, OPTIONS or TRACE request reads from a replica when the database has
+    some; call this before the request's first query when it must see the primary
+    (or write). Nothing changes for a database without replicas.
+    """
+    unit_of_work_from_scope(connection.scope).use_primary()
 
 
 async def readiness(request: Request) -> JSONResponse:

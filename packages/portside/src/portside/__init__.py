@@ -21,6 +21,7 @@ from portside.errors import (
     PartialCommitError,
     PortsideError,
     ReadOnlyUnitWriteError,
+    ReplicaWriteError,
     ShutdownError,
     ShuttingDownError,
     StartupError,
@@ -32,6 +33,7 @@ from portside.health import DatabaseStatus, readiness
 from portside.lifecycle import Databases, Lifecycle
 from portside.pool_status import PoolStatus
 from portside.ports import AsyncSessionPort, SessionPort
+from portside.replicas import ReplicaState, ReplicaStatus
 from portside.serial_gate import SerialGate
 from portside.sessions import AsyncSession, Session
 from portside.settings import DatabaseSettings
@@ -64,6 +66,9 @@ __all__ = [
     "PoolStatus",
     "PortsideError",
     "ReadOnlyUnitWriteError",
+    "ReplicaState",
+    "ReplicaStatus",
+    "ReplicaWriteError",
     "SerialGate",
     "Session",
     "SessionPort",

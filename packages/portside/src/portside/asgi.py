@@ -12,6 +12,11 @@ client has not been told anything yet:
   serve (exhausted pool, lost connection) is answered with 503, anything else is
   re-raised for the framework or server to report.
 
+With read replicas (:mod:`portside.replicas`) it also reads the request's
+consistency token (:mod:`portside.consistency`), adds a new one to the response of
+a unit that committed a write, and runs a safe-method request once more on the
+primary when its replica failed before the response started.
+
 Whatever happens, cancellation included, the unit ends before the middleware
 returns. Framework-neutral: it knows ASGI and nothing else.
 """
@@ -34,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from portside.consistency import read_token, token_headers
 from portside.database import one_line
 from portside.errors import (
     LifecycleStateError,
@@ -267,34 +273,98 @@ class UnitOfWorkMiddleware:
             # Not a request, or one an outer app's portside already gives a unit of work.
             await self.app(scope, receive, send)
             return
-        unit = self._lifecycle(scope).unit_of_work(
-            writes=scope["method"] not in SAFE_METHODS, request=scope
+        lifecycle = self._lifecycle(scope)
+        writes = scope["method"] not in SAFE_METHODS
+        if not lifecycle.has_replicas:
+            await self._attempt(
+                scope, receive, send, lifecycle.unit_of_work(writes=writes, request=scope)
+            )
+            return
+        positions = read_token(scope["headers"])
+        unit = lifecycle.unit_of_work(writes=writes, positions=positions, request=scope)
+        if writes:
+            await self._attempt(scope, receive, send, unit, token=positions or {})
+            return
+        received: list[Message] = []
+
+        async def recording_receive() -> Message:
+            message = await receive()
+            received.append(message)
+            return message
+
+        token = positions or {}
+        if not await self._attempt(scope, recording_receive, send, unit, token=token, retry=True):
+            return
+        # Its replica failed before the response started: once more, on the primary.
+        logger.warning(
+            "portside retries %s %s on the primary: its replica failed",
+            scope["method"],
+            scope.get("path", ""),
         )
+        replay = iter(received)
+
+        async def replaying_receive() -> Message:
+            return next(replay, None) or await receive()
+
+        retry = lifecycle.unit_of_work(writes=False, positions=positions, request=scope)
+        retry.use_primary()
+        del scope[UNIT_OF_WORK_KEY]
+        await self._attempt(scope, replaying_receive, send, retry, token=token)
+
+    async def _attempt(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        unit: UnitOfWork,
+        *,
+        token: Mapping[str, int] | None = None,
+        retry: bool = False,
+    ) -> bool:
+        """Run the app with ``unit``; ``True`` if its replica failed and nothing was sent.
+
+        Only with ``retry``: the response (or exception) of such an attempt is
+        dropped, for the caller to run the request again on the primary.
+        """
         scope[UNIT_OF_WORK_KEY] = unit
         started = False
         replaced = False
+        dropped = False
 
         async def send_after_unit(message: Message) -> None:
-            nonlocal started, replaced
-            if replaced:
-                return  # the app's own response was replaced by an error
+            nonlocal started, replaced, dropped
+            if replaced or dropped:
+                return  # the app's own response was replaced by an error, or is retried
             if message["type"] == "http.response.start":
+                status = message["status"]
+                if retry and status >= 500 and unit.replica_failed:
+                    dropped = True
+                    await unit.finish(commit=False)
+                    return
                 started = True
                 try:
-                    await unit.finish(commit=message["status"] < self._commit_below)
+                    await unit.finish(commit=status < self._commit_below)
                 except Exception as exc:
                     replaced = True
-                    await send_error(send, exc, instead_of=f"the app's {message['status']}")
+                    await send_error(send, exc, instead_of=f"the app's {status}")
                     return
+                if unit.commit_positions:
+                    merged = dict(token or {})
+                    for name, position in unit.commit_positions.items():
+                        merged[name] = max(merged.get(name, position), position)
+                    message["headers"] = [*message.get("headers", ()), *token_headers(merged)]
             await send(message)
 
         try:
             await self.app(scope, receive, send_after_unit)
         except Exception as exc:
             await unit.finish(commit=False)
+            if retry and not started and unit.replica_failed:
+                return True
             if started or not is_database_unavailable(exc):
                 raise
             await send_error(send, exc, instead_of="an error the app raised")
         finally:
             if not unit.ended:  # the app returned without starting a response
                 await unit.finish(commit=False)
+        return dropped

@@ -237,6 +237,7 @@ async def _check(name: str, settings: DatabaseSettings, workers: int) -> dict[st
         "pool": None,
         "pragmas": None,
         "budget": None,
+        "replicas": [],
     }
     try:
         async with Lifecycle({name: settings}) as lifecycle:
@@ -244,6 +245,7 @@ async def _check(name: str, settings: DatabaseSettings, workers: int) -> dict[st
             report["urls"] = {kind: masked[kind] for kind in kinds}
             report["drivers"] = {kind: driver_name(urls[kind]) for kind in kinds}
             status = (await lifecycle.ping())[name]
+            report["replicas"] = [replica.as_dict() for replica in status.replicas]
             if not status.up:
                 report["error"] = f"Database {name!r} ({masked[kinds[-1]]}) did not answer: "
                 report["error"] += str(status.error)
@@ -406,6 +408,10 @@ def _print_text(name: str, report: dict[str, Any]) -> None:
             lines.append(f"  pragmas:    {pragmas}")
     else:
         lines.append(f"  error:      {report['error']}")
+    for replica in report["replicas"]:
+        lag = "lag unknown" if replica["lag_s"] is None else f"lag {replica['lag_s']:g}s"
+        why = f": {replica['error']}" if replica["error"] else ""
+        lines.append(f"  replica:    {replica['url']} {replica['state']} ({lag}){why}")
     print("\n".join(lines))
 
 

@@ -21,6 +21,7 @@ from portside.errors import ConfigurationError, StartupError
 from portside.event_loop import running_asyncio
 from portside.failures import is_transient_at_startup
 from portside.health import DatabaseStatus
+from portside.replicas import ReplicaSet, ReplicaStatus
 from portside.urls import redact
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class Database:
         self._left_out: str | None = None
         self._binding: ConnectionBinding | None = None
         self._stop_telemetry: list[Callable[[], None]] = []
+        #: Its read replicas, while running (``None`` when it has none).
+        self.replicas: ReplicaSet | None = None
 
     def __repr__(self) -> str:
         return f"<Database {self.name!r} {self.masked_url}>"
@@ -133,13 +136,36 @@ class Database:
                 error = self.redact(one_line(exc))
         if error is not None:
             logger.warning("database %r (%s) is down: %s", self.name, self.masked_url, error)
+        replicas: tuple[ReplicaStatus, ...] = ()
+        if self.replicas is not None:
+            await self.replicas.check()
+            replicas = self.replicas.statuses()
         return DatabaseStatus(
             name=self.name,
             up=error is None,
             latency=latency,
             error=error,
             pools=self.pool_status(),
+            replicas=replicas,
         )
+
+    async def scalar(self, sql: str) -> object:
+        """Run one statement of raw SQL on a pooled connection; return its first value.
+
+        In autocommit mode: a health check never leaves a transaction open, even briefly.
+        """
+        if self._async is not None:
+            async with self._async.engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                return (await connection.exec_driver_sql(sql)).scalar()
+        engine = self.sync_port().engine
+
+        def run() -> object:
+            with engine.connect() as connection:
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+                return connection.exec_driver_sql(sql).scalar()
+
+        return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
 
     def redact(self, text: str) -> str:
         """``text`` with every secret of this database's URLs masked."""
@@ -193,13 +219,21 @@ class Database:
 
     # -- startup and shutdown (the lifecycle's) ------------------------------------------
 
-    async def start(self, binding: ConnectionBinding | None) -> None:
-        """Build the engines and wait until the database answers (bounded, with retries)."""
+    def build(self, binding: ConnectionBinding | None) -> None:
+        """Build the engines (no I/O); raises :class:`ConfigurationError` if they cannot be."""
         self._binding = binding
+        self._sync, self._async, self._left_out = build_adapters(
+            self.settings, asyncio_available=running_asyncio()
+        )
+
+    async def start(self, binding: ConnectionBinding | None) -> None:
+        """Build the engines and wait until the database answers (bounded, with retries).
+
+        Then its replicas, if it has some: each is checked once, and one that does not
+        answer stays out of rotation (logged) instead of failing startup.
+        """
         try:
-            self._sync, self._async, self._left_out = build_adapters(
-                self.settings, asyncio_available=running_asyncio()
-            )
+            self.build(binding)
         except ConfigurationError as exc:
             raise StartupError(f"Database {self.name!r} ({self.masked_url}): {exc}") from None
         if self._async is not None and not running_asyncio():
@@ -217,6 +251,18 @@ class Database:
             self.masked_url,
             (time.perf_counter() - started) * 1000,
         )
+        self.replicas = ReplicaSet.for_database(self)
+        if self.replicas is not None:
+            await self.replicas.start()
+
+    @property
+    def routes_reads(self) -> bool:
+        """Whether read-only units of work may read from a replica now.
+
+        Not while a test kit binds sessions to its own connection: a replica cannot
+        see that connection's uncommitted rows.
+        """
+        return self.replicas is not None and self.replicas.routing and self._binding is None
 
     def _instrument(self) -> None:
         # Imported only here: without telemetry, no OpenTelemetry import at all.
@@ -297,6 +343,9 @@ class Database:
         for stop in self._stop_telemetry:
             stop()
         self._stop_telemetry.clear()
+        replicas, self.replicas = self.replicas, None
+        if replicas is not None:
+            errors += await replicas.dispose()
         sync_port, self._sync = self._sync, None
         async_port, self._async = self._async, None
         limit = self.settings.cleanup_timeout

@@ -142,6 +142,26 @@ class ReadOnlyUnitWriteError(PortsideError):
     """
 
 
+class ReplicaWriteError(PortsideError):
+    """A unit of work routed to a read replica tried to write.
+
+    Read-only units of work (the web integrations' GET, HEAD, OPTIONS and TRACE
+    requests) read from a replica when the database has some, and a replica cannot
+    write (PostgreSQL answers SQLSTATE 25006). A bug in where the write is made, not
+    an outage: it is answered 500, never 503. The driver's error is the ``__cause__``.
+    """
+
+    MESSAGE = (
+        "This unit of work reads from a read replica, which cannot write: it was hinted "
+        "read-only (a GET, HEAD, OPTIONS or TRACE request), so portside routed it to a "
+        "replica (DATABASE_REPLICA_URLS). Make the write in a POST, PUT, PATCH or DELETE "
+        "handler, or ask for the primary before the unit's first query: call "
+        "use_primary(request) from your portside integration (portside_fastapi, "
+        "portside_starlette or portside_litestar), or unit.use_primary() on a unit of "
+        "work of your own."
+    )
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` is the database's failure, not a bug: portside answers it itself.
 

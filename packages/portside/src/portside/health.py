@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from portside.pool_status import PoolStatus
+from portside.replicas import ReplicaStatus
 
 __all__ = [
     "DatabaseStatus",
@@ -26,10 +27,12 @@ class DatabaseStatus:
     error: str | None = None
     #: Pool counters per engine: ``"sync"`` and/or ``"async"``.
     pools: Mapping[str, PoolStatus] = field(default_factory=dict)
+    #: Its read replicas: state and lag of each (a replica down does not make it down).
+    replicas: tuple[ReplicaStatus, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form, as readiness routes and ``portside check --json`` show it."""
-        return {
+        body: dict[str, Any] = {
             "up": self.up,
             "latency_ms": None if self.latency is None else round(self.latency * 1000, 3),
             "error": self.error,
@@ -38,6 +41,9 @@ class DatabaseStatus:
                 for kind, p in self.pools.items()
             },
         }
+        if self.replicas:
+            body["replicas"] = [replica.as_dict() for replica in self.replicas]
+        return body
 
 
 def readiness(statuses: Mapping[str, DatabaseStatus]) -> tuple[int, dict[str, Any]]:

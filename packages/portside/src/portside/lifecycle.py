@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Self, cast
 
 import anyio
+import anyio.abc
 import anyio.from_thread
 
 from portside.binding import ConnectionBinding, current_binding
@@ -74,6 +75,7 @@ class Lifecycle:
         self._state = _State.NEW
         self._in_flight = InFlight(self._state_error)
         self._binding: ConnectionBinding | None = None
+        self._monitor: anyio.abc.TaskGroup | None = None
         #: Seconds a session's cleanup may take (the largest configured).
         self.cleanup_timeout = max(s.cleanup_timeout for s in databases.values())
         self._unit_class = UnitOfWork
@@ -186,10 +188,32 @@ class Lifecycle:
             self._state = _State.STOPPED
             raise
         self._binding = binding
+        await self._start_monitor()
         self._state = _State.RUNNING
         self._in_flight.open()
         if binding is not None:
             binding.lifecycle_started(self)
+
+    @property
+    def has_replicas(self) -> bool:
+        """Whether some database routes reads to replicas (the middleware reads tokens then)."""
+        return self._monitor is not None
+
+    async def _start_monitor(self) -> None:
+        """Check the replicas in the background, in a task group this lifecycle owns."""
+        sets = [db.replicas for db in self._databases.values() if db.replicas is not None]
+        if not sets:
+            return
+        self._monitor = anyio.create_task_group()
+        await self._monitor.__aenter__()
+        for replica_set in sets:
+            self._monitor.start_soon(replica_set.monitor)
+
+    async def _stop_monitor(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.cancel_scope.cancel()
+            await monitor.__aexit__(None, None, None)
 
     async def shutdown(self) -> None:
         """Stop handing out units of work, drain, and dispose every engine.
@@ -202,6 +226,7 @@ class Lifecycle:
             raise LifecycleStateError("The lifecycle cannot shut down before it started.")
         self._state = _State.STOPPING
         self._in_flight.close()
+        await self._stop_monitor()  # not shielded: it must exit the scope it entered
         with anyio.CancelScope(shield=True):
             timeout = max(db.settings.shutdown_timeout for db in self._databases.values())
             if remaining := await self._in_flight.wait_until_empty(timeout):
@@ -225,13 +250,20 @@ class Lifecycle:
     # -- units of work -------------------------------------------------------------
 
     def unit_of_work(
-        self, *, writes: bool = True, request: Mapping[str, Any] | None = None
+        self,
+        *,
+        writes: bool = True,
+        request: Mapping[str, Any] | None = None,
+        positions: Mapping[str, int] | None = None,
     ) -> UnitOfWork:
         """A new unit of work (see :class:`~portside.UnitOfWork`).
 
         Making one costs nothing and touches no pool; the lifecycle's state is
         checked when the unit opens its first session. ``request``: the ASGI scope
         of the request it serves, whose route telemetry reports.
+        ``positions`` (database name
+        to WAL position, from a consistency token) keeps a read-only unit off
+        replicas that have not replayed that far.
         """
         return self._unit_class(
             self.database,
@@ -239,6 +271,7 @@ class Lifecycle:
             writes=writes,
             cleanup_timeout=self.cleanup_timeout,
             request=request,
+            positions=positions,
         )
 
     @asynccontextmanager

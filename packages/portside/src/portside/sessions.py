@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection
-from sqlalchemy.orm import SessionTransaction
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.orm import ORMExecuteState, SessionTransaction
+from sqlalchemy.orm import Session as _SASession
 from sqlalchemy.util.concurrency import in_greenlet
 from sqlmodel import Session as _SQLModelSession
 from sqlmodel.ext.asyncio.session import AsyncSession as _SQLModelAsyncSession
@@ -49,6 +50,68 @@ class _EndableSession(_SQLModelSession):
     _portside_ended: bool = False
     _portside_before_first_statement: Callable[[], object] | None = None
     _portside_hook_awaits: bool = False
+    # Replica routing: decided once, when the session first needs a connection.
+    _portside_route: Callable[[], Engine | None] | None = None
+    _portside_routed: Engine | None = None
+    _portside_route_failed: Callable[[BaseException], None] | None = None
+    # Read-your-writes: the connection of a write, whose WAL position is read after COMMIT.
+    _portside_track_position: Callable[[Connection], None] | None = None
+    _portside_wrote: bool = False
+
+    def get_bind(self, *args: Any, **kw: Any) -> Any:
+        # Every statement and flush asks here for its engine just before connecting,
+        # so a unit routed to a replica decides at its first query, not before.
+        if self._portside_route is not None and kw.get("bind") is None:
+            route, self._portside_route = self._portside_route, None
+            self._portside_routed = route()
+        if self._portside_routed is not None and kw.get("bind") is None:
+            return self._portside_routed
+        return super().get_bind(*args, **kw)
+
+    def route_reads(
+        self, route: Callable[[], Engine | None], failed: Callable[[BaseException], None]
+    ) -> None:
+        """Let ``route`` pick this session's engine (a replica's, or ``None``: as built).
+
+        ``route`` is called once, when the session first needs a connection;
+        ``failed`` with the error if connecting to the engine it picked fails.
+        """
+        self._portside_route = route
+        self._portside_route_failed = failed
+
+    @property
+    def routed(self) -> bool:
+        """Whether this session reads from an engine a route picked (a replica)."""
+        return self._portside_routed is not None
+
+    @property
+    def route_pending(self) -> bool:
+        """Whether the route has not been asked yet (no statement has run)."""
+        return self._portside_route is not None
+
+    def cancel_route(self) -> None:
+        """Use the engine the session was built with (the primary) after all."""
+        self._portside_route = None
+
+    def track_commit_position(self, read: Callable[[Connection], None]) -> None:
+        """Call ``read(connection)`` right after a COMMIT of a transaction that wrote.
+
+        ``connection`` has committed and not yet gone back to the pool.
+        """
+        self._portside_track_position = read
+        event.listen(self, "do_orm_execute", _note_write)
+
+    def connection(self, *args: Any, **kw: Any) -> Connection:
+        # Statements run on the connection directly pass no session event: count
+        # them as writes (at worst one needless round trip after the commit).
+        if self._portside_track_position is not None:
+            self._portside_wrote = True
+        return super().connection(*args, **kw)
+
+    def _flush(self, objects: Any = None) -> None:
+        super()._flush(objects)
+        if self._portside_track_position is not None:
+            self._portside_wrote = True
 
     def _autobegin_t(self, begin: bool = False) -> SessionTransaction:
         # The one place every add, query, flush and connection() goes through before
@@ -64,7 +127,21 @@ class _EndableSession(_SQLModelSession):
         # A statement in a transaction that add() began (outside the greenlet, so
         # without waiting) gets its connection here, still before any I/O.
         self._pass_gates()
+        if self._portside_routed is not None:
+            return self._connection_for_bind_routed(engine, execution_options, **kw)
         return super()._connection_for_bind(engine, execution_options, **kw)
+
+    def _connection_for_bind_routed(
+        self, engine: Any, execution_options: Any, **kw: Any
+    ) -> Connection:
+        try:
+            return super()._connection_for_bind(engine, execution_options, **kw)
+        except Exception as exc:
+            # asyncpg's refused connection is a bare OSError that never reaches the
+            # engine's handle_error event: tell the route here.
+            if self._portside_route_failed is not None:
+                self._portside_route_failed(exc)
+            raise
 
     def _pass_gates(self) -> None:
         hook = self._portside_before_first_statement
@@ -86,6 +163,33 @@ class _EndableSession(_SQLModelSession):
     def mark_ended(self) -> None:
         """Make every later use raise :class:`~portside.errors.UnitOfWorkEndedError`."""
         self._portside_ended = True
+
+
+def _note_write(state: ORMExecuteState) -> None:
+    # Anything but a SELECT may write (text() too): one extra round trip at worst.
+    if not state.is_select and isinstance(state.session, _EndableSession):
+        state.session._portside_wrote = True
+
+
+@event.listens_for(_EndableSession, "after_commit")
+def _read_commit_position(session: _SASession) -> None:
+    if not isinstance(session, _EndableSession) or not session._portside_wrote:
+        return
+    session._portside_wrote = False
+    read = session._portside_track_position
+    transaction = session.get_transaction()
+    if read is None or transaction is None:
+        return
+    # The committed transaction's connections are still checked out here; the
+    # session returns them to the pool right after this event.
+    for connection, *_ in transaction._connections.values():
+        read(connection)
+
+
+@event.listens_for(_EndableSession, "after_rollback")
+def _forget_write(session: _SASession) -> None:
+    if isinstance(session, _EndableSession):
+        session._portside_wrote = False
 
 
 class Session(_EndableSession):

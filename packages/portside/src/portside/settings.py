@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextvars import ContextVar
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
 from portside.errors import ConfigurationError
@@ -231,6 +231,49 @@ class DatabaseSettings(BaseSettings):
             "portside reports it as held, once per checkout, with the route."
         ),
     )
+    replica_urls: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description=(
+            "URLs of PostgreSQL streaming replicas of this database, comma-separated in "
+            "the environment. Read-only units of work (GET, HEAD, OPTIONS, TRACE "
+            "requests) read from a healthy one; everything else uses the primary. Each "
+            "URL is sync or async; the other kind is derived as for the primary."
+        ),
+    )
+    replica_routing: bool = Field(
+        default=True,
+        description=(
+            "Route read-only units of work to the replicas; false sends everything to "
+            "the primary (the replicas are still built, pinged and reported)."
+        ),
+    )
+    replica_max_lag: float = Field(
+        default=5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds a replica may trail the primary before it is taken out of rotation "
+            "until it catches up."
+        ),
+    )
+    replica_wait: float = Field(
+        default=0.25,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds a read carrying a consistency token (a client that just wrote) "
+            "waits for a replica to replay that write before reading from the primary."
+        ),
+    )
+    replica_check_interval: float = Field(
+        default=2.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds between checks of each replica's health and lag; a replica taken "
+            "out of rotation is retried at this interval."
+        ),
+    )
 
     def __init__(self, *args: Any, **values: Any) -> None:
         token = _constructor_env_prefix.set(values.get("_env_prefix"))
@@ -252,6 +295,20 @@ class DatabaseSettings(BaseSettings):
         """Let code pass a SQLAlchemy ``URL`` where a string is expected."""
         if isinstance(value, URL):
             return value.render_as_string(hide_password=False)
+        return value
+
+    @field_validator("replica_urls", mode="before")
+    @classmethod
+    def _split_replica_urls(cls, value: Any) -> Any:
+        """Accept ``"url1,url2"`` (the environment's form) as well as a sequence."""
+        if isinstance(value, str | URL):
+            value = [value] if isinstance(value, URL) else value.split(",")
+        if isinstance(value, list | tuple):
+            return tuple(
+                v.render_as_string(hide_password=False) if isinstance(v, URL) else str(v).strip()
+                for v in value
+                if isinstance(v, URL) or str(v).strip()
+            )
         return value
 
     @field_validator("pool_recycle")
@@ -302,7 +359,34 @@ class DatabaseSettings(BaseSettings):
         # anyone else can see the instance.
         object.__setattr__(self, "url", _as_text(sync_url, given=self.url))
         object.__setattr__(self, "async_url", _as_text(async_url, given=self.async_url))
+        self._check_replicas(prefix, sync_url)
         return self
+
+    def _check_replicas(self, prefix: str, primary: URL) -> None:
+        setting = f"{prefix}REPLICA_URLS".upper()
+        for text in self.replica_urls:
+            url = parse_url(text, setting=setting)
+            if url.get_backend_name() != "postgresql" or primary.get_backend_name() != "postgresql":
+                raise ConfigurationError(
+                    f"{setting} ({mask_url(url)}): read replicas are PostgreSQL streaming "
+                    f"replicas, and this database is {primary.get_backend_name()}; remove "
+                    f"{setting} or point both the primary and the replicas at PostgreSQL."
+                )
+
+    def replica_settings(self) -> tuple[DatabaseSettings, ...]:
+        """One :class:`DatabaseSettings` per replica URL: this database's, on that URL.
+
+        The other kind of URL is derived from the one given, as for the primary.
+        """
+        replicas = []
+        for text in self.replica_urls:
+            is_async = make_url(text).get_dialect().is_async
+            urls = (
+                {"url": None, "async_url": text} if is_async else {"url": text, "async_url": None}
+            )
+            values = self.model_dump(exclude={"url", "async_url", "replica_urls"})
+            replicas.append(type(self).model_validate(values | urls | {"replica_urls": ()}))
+        return tuple(replicas)
 
     @property
     def sync_url_object(self) -> URL:
@@ -329,6 +413,8 @@ class DatabaseSettings(BaseSettings):
         for name, value in super().__repr_args__():
             if name in ("url", "async_url") and value is not None:
                 yield name, mask_url(value)
+            elif name == "replica_urls":
+                yield name, tuple(mask_url(url) for url in value)
             else:
                 yield name, value
 

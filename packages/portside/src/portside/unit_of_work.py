@@ -24,19 +24,25 @@ import anyio
 import anyio.to_thread
 from sqlalchemy.exc import IllegalStateChangeError
 from sqlalchemy.util import await_
+from sqlalchemy.util.concurrency import in_greenlet
 
+from portside.adapters.postgresql import wal_position
 from portside.errors import LifecycleStateError, PartialCommitError, UnitOfWorkEndedError
 from portside.event_loop import on_event_loop_thread
+from portside.replicas import PRIMARY_POSITION_QUERY, parse_lsn
 from portside.serial_gate import GateHolder
 from portside.sessions import ENDED_MESSAGE
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
+    from sqlalchemy import Connection, Engine
+
     from portside.database import Database
     from portside.in_flight import InFlight
+    from portside.replicas import Replica
     from portside.serial_gate import SerialGate
-    from portside.sessions import AsyncSession, Session
+    from portside.sessions import AsyncSession, Session, _EndableSession
 
 __all__ = [
     "UnitOfWork",
@@ -129,7 +135,10 @@ class UnitOfWork:
 
     ``writes`` is a hint: on SQLite, units that may write begin ``IMMEDIATE``
     transactions (queued, never "database is locked"), read-only ones begin plain
-    ones and run concurrently. Nothing is enforced.
+    ones and run concurrently. On a database with read replicas, a read-only unit
+    reads from one (see :mod:`portside.replicas`) unless :meth:`use_primary` was
+    called before its first query; a write there raises
+    :class:`~portside.ReplicaWriteError`.
     """
 
     def __init__(
@@ -140,6 +149,7 @@ class UnitOfWork:
         writes: bool = True,
         cleanup_timeout: float,
         request: Mapping[str, Any] | None = None,
+        positions: Mapping[str, int] | None = None,
     ) -> None:
         self._databases = databases
         #: The ASGI scope of the request this unit serves, if any (telemetry reads
@@ -156,6 +166,94 @@ class UnitOfWork:
         self._holder = GateHolder()
         self._counted = False
         self._ended = False
+        #: WAL positions (database name to LSN) this unit's reads must see: a client's token.
+        self.positions: Mapping[str, int] = positions or {}
+        #: WAL positions after this unit's commits, for databases with replicas it wrote to.
+        self.commit_positions: dict[str, int] = {}
+        self._primary = False
+        self._routed: dict[str, tuple[Replica, int]] = {}
+
+    # -- replicas ------------------------------------------------------------------
+
+    def use_primary(self) -> None:
+        """Read (and write) on the primary, even if this unit is hinted read-only.
+
+        Call it before the unit's first query; a session that already reads from a
+        replica cannot move.
+        """
+        for session in (*self._sync.values(), *(s.sync_session for s in self._async.values())):
+            if session.routed:
+                raise LifecycleStateError(
+                    "use_primary() was called after this unit of work had already read "
+                    "from a replica; call it before the first query (e.g. first thing "
+                    "in the handler)."
+                )
+        self._primary = True
+
+    @property
+    def replica_failed(self) -> bool:
+        """Whether a replica this unit read from lost a connection since (retry on the primary)."""
+        return any(replica.failures != seen for replica, seen in self._routed.values())
+
+    def _route_sessions(self, database: Database, session: _EndableSession, kind: str) -> None:
+        """Route a read-only unit's session to a replica; track a primary session's writes."""
+        if not database.routes_reads:
+            return
+        if self.writes or self._primary:
+            self._track(database, session)
+            return
+        session.route_reads(
+            lambda: self._route(database, session, kind),
+            lambda exc: self._connect_failed(database, exc),
+        )
+
+    def _connect_failed(self, database: Database, exc: BaseException) -> None:
+        routed = self._routed.get(database.name)
+        if routed is not None:
+            routed[0].connection_failed(exc)
+
+    def _track(self, database: Database, session: _EndableSession) -> None:
+        def record(connection: Connection) -> None:
+            try:
+                text = wal_position(connection, PRIMARY_POSITION_QUERY)
+            except Exception:
+                logger.warning("reading the WAL position after a commit failed", exc_info=True)
+                return
+            if text is not None:
+                position = parse_lsn(text)
+                old = self.commit_positions.get(database.name, 0)
+                self.commit_positions[database.name] = max(old, position)
+
+        session.track_commit_position(record)
+
+    def _route(self, database: Database, session: _EndableSession, kind: str) -> Engine | None:
+        replicas = database.replicas
+        if self._primary or replicas is None:
+            self._track(database, session)
+            return None
+        position = self.positions.get(database.name)
+        if kind == "async":
+            if position is not None and not in_greenlet():
+                return None  # cannot wait here; the primary has every write
+
+            def fetch(replica: Replica) -> int | None:
+                return replica.replay_position_blocking("async")
+
+            def sleep(seconds: float) -> None:
+                await_(anyio.sleep(seconds))
+        else:
+
+            def fetch(replica: Replica) -> int | None:
+                return replica.replay_position_blocking("sync")
+
+            def sleep(seconds: float) -> None:
+                time.sleep(seconds)
+
+        replica = replicas.choose(position, fetch, sleep)
+        if replica is None:
+            return None
+        self._routed[database.name] = (replica, replica.failures)
+        return replica.engine(kind)
 
     @property
     def opened(self) -> bool:
@@ -223,6 +321,7 @@ class UnitOfWork:
             gates = database.gates(database.async_port(), writes=self.writes)
             self._admit()
             session = await database.new_async_session(writes=self.writes)
+            self._route_sessions(database, session.sync_session, "async")
             if gates:
                 # The first statement runs in SQLAlchemy's greenlet, which can await.
                 session.sync_session.before_first_statement(
@@ -244,6 +343,7 @@ class UnitOfWork:
             gates = database.gates(database.sync_port(), writes=self.writes)
             self._admit()
             session = await database.new_session(writes=self.writes)
+            self._route_sessions(database, session, "sync")
             if gates:
                 session.before_first_statement(lambda: self._pass_blocking(gates), awaits=False)
             self._sync[database.name] = session
@@ -263,6 +363,7 @@ class UnitOfWork:
             gates = database.gates(database.sync_port(), writes=self.writes)
             self._admit()
             session = database.new_session_blocking(writes=self.writes)
+            self._route_sessions(database, session, "sync")
             if gates:
                 session.before_first_statement(lambda: self._pass_blocking(gates), awaits=False)
             self._sync[database.name] = session

@@ -9,11 +9,22 @@ endpoints) and subclasses :class:`ConformanceSuite`::
         harness = MyHarness()
 
 pytest then runs every scenario on SQLite (file and in-memory) and PostgreSQL, with
-async and sync sessions.
+async and sync sessions. :class:`ReplicaConformanceSuite` holds the read-replica
+scenarios, which need a real streaming replica (a ``streaming_replica`` fixture).
 """
 
 from portside_testing.conformance.harness import Harness, Mode
 from portside_testing.conformance.models import Child, Item, metadata
+from portside_testing.conformance.replicas import ReplicaConformanceSuite, StreamingReplicaControl
 from portside_testing.conformance.suite import ConformanceSuite
 
-__all__ = ["Child", "ConformanceSuite", "Harness", "Item", "Mode", "metadata"]
+__all__ = [
+    "Child",
+    "ConformanceSuite",
+    "Harness",
+    "Item",
+    "Mode",
+    "ReplicaConformanceSuite",
+    "StreamingReplicaControl",
+    "metadata",
+]

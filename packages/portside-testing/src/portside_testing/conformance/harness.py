@@ -47,6 +47,13 @@ handlers are the framework's sync handlers, run in worker threads). ``Item`` and
 ``WEBSOCKET /ws/request-session``           ask for the *request's* session the way HTTP
                                             handlers do; reply ``{"error": <exception type
                                             name>}`` (or ``{"error": "none"}``)
+``GET /replica/where``                      200 ``{"replica": bool}``: ``SELECT
+                                            pg_is_in_recovery()`` on the request's session
+                                            (PostgreSQL only; the replica scenarios)
+``GET /replica/primary``                    the same after the integration's
+                                            ``use_primary(request)``: must be the primary
+``GET /replica/write``                      adds an Item and flushes in a GET (routed to a
+                                            replica: must fail with a 500)
 ``GET /analytics/count``                    200 ``{"count": int}`` counting Items in the
                                             second database named ``"analytics"`` (only
                                             when the app was built with two databases)

@@ -71,7 +71,7 @@ from portside.adapters.base import AsyncAdapter, SyncAdapter
 if TYPE_CHECKING:
     import psycopg
     from psycopg.abc import PQGen
-    from sqlalchemy import Engine
+    from sqlalchemy import Connection, Engine
     from sqlalchemy.engine import URL, Dialect, ExceptionContext
     from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -115,6 +115,37 @@ def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
     """Invalidate the pool on a read-only error: the server was probably demoted."""
     if getattr(context.original_exception, "sqlstate", None) == READ_ONLY_SQLSTATE:
         context.is_disconnect = True
+
+
+def serve_as_replica(engine: Engine) -> None:
+    """Keep ``engine``'s pool on a read-only error: on a standby it means a write was tried.
+
+    The failover rule above (a read-only error means a demoted primary) is wrong for
+    an engine that reads from a replica by design.
+    """
+    if event.contains(engine, "handle_error", _read_only_is_a_disconnect):
+        event.remove(engine, "handle_error", _read_only_is_a_disconnect)
+
+
+def wal_position(connection: Connection, query: str) -> str | None:
+    """Run ``query`` (one LSN value) on ``connection``'s driver, outside any transaction.
+
+    Used right after a COMMIT, on the connection that committed, before it goes back
+    to the pool: one round trip, and nothing begun that a rollback would have to end.
+    """
+    driver = connection.connection.driver_connection
+    if connection.dialect.driver == "asyncpg":
+        value = await_(driver.fetchval(query))  # type: ignore[union-attr]
+    else:
+        dbapi = connection.connection.dbapi_connection
+        autocommit = dbapi.autocommit  # type: ignore[union-attr]
+        dbapi.autocommit = True  # type: ignore[union-attr]
+        try:
+            row = driver.execute(query).fetchone()  # type: ignore[union-attr]
+        finally:
+            dbapi.autocommit = autocommit  # type: ignore[union-attr]
+        value = row[0] if row else None
+    return None if value is None else str(value)
 
 
 def _unique_statement_name() -> str:
