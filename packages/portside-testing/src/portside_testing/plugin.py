@@ -19,6 +19,11 @@ every test that asks for them:
 ``portside_client``
     ``async with portside_client(app) as client:`` runs the app's lifespan inside
     the test's transaction; ``client.get/post/put/patch/delete/request``.
+``portside_sync_client`` / ``portside_async_client``
+    ``with portside_sync_client(app) as client:`` (plain ``def`` tests) or
+    ``async with portside_async_client(app) as client:``: an ``httpx.Client`` /
+    ``httpx.AsyncClient`` on the app run inside the test's transaction;
+    ``client.session()`` is a session of the test's own in that transaction.
 ``portside_database_env``
     ``DATABASE_URL``/``DATABASE_ASYNC_URL`` point at the test database for the test
     (the client fixture uses it, so apps reading ``DATABASE_*`` find the test database).
@@ -52,6 +57,12 @@ from sqlmodel import SQLModel
 from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
 from portside.urls import is_sqlite_memory
 from portside_testing.client import ClientFactory, open_client
+from portside_testing.http_client import (
+    AsyncClientFactory,
+    SyncClientFactory,
+    open_async_client,
+    open_sync_client,
+)
 from portside_testing.leaks import check_for_leaks
 from portside_testing.outer_transaction import OuterTransaction
 from portside_testing.tables import TableRegistry
@@ -59,6 +70,7 @@ from portside_testing.tables import TableRegistry
 __all__ = [
     "DATABASE_URL_ENV",
     "DATABASE_URL_OPTION",
+    "portside_async_client",
     "portside_async_session",
     "portside_client",
     "portside_database_env",
@@ -67,6 +79,7 @@ __all__ = [
     "portside_metadata",
     "portside_session",
     "portside_settings",
+    "portside_sync_client",
     "portside_tables",
     "portside_transaction",
     "settings_for",
@@ -262,6 +275,38 @@ def portside_client(
     if own_sessions.intersection(request.fixturenames):
         pytest.fail(_CLIENT_WITH_SESSION_FIXTURES, pytrace=False)
     return open_client
+
+
+@pytest.fixture
+def portside_async_client(
+    request: pytest.FixtureRequest,
+    portside_transaction: OuterTransaction,
+    portside_database_env: DatabaseSettings,
+) -> AsyncClientFactory:
+    """``async with portside_async_client(app) as client:``: an ``httpx.AsyncClient`` on the app.
+
+    The app runs inside the test's transaction (see ``portside_client``);
+    ``await client.session()`` is a session of the test's own in it, which never
+    blocks the app and never shows stale rows (see :mod:`portside_testing.http_client`).
+    """
+    return open_async_client
+
+
+@pytest.fixture
+def portside_sync_client(
+    request: pytest.FixtureRequest,
+    portside_tables: None,
+    portside_database_env: DatabaseSettings,
+) -> Iterator[SyncClientFactory]:
+    """``with portside_sync_client(app) as client:``: an ``httpx.Client`` on the app.
+
+    For plain ``def`` tests, like Starlette's ``TestClient``: the app runs on an
+    event loop in a background thread, inside the test's transaction, rolled back
+    at the end. ``client.session()`` is a sync session of the test's own in it.
+    """
+    with OuterTransaction() as outer:
+        request.node.stash[_TRANSACTION] = outer
+        yield open_sync_client
 
 
 # -- a lifecycle and sessions of the test's own --------------------------------------
