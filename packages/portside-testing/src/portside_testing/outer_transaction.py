@@ -29,6 +29,7 @@ import anyio
 import anyio.to_thread
 
 from portside import Database, Lifecycle, SerialGate, use_binding
+from portside.event_loop import running_asyncio
 from portside_testing.shared_connection import BridgedDriverConnection
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class OuterTransaction:
         self._sync: dict[Engine, Connection] = {}
         self._async: dict[AsyncEngine, AsyncConnection] = {}
         self._bridged: dict[AsyncEngine, tuple[Any, Any]] = {}  # fairy, driver connection
+        self._loops: dict[Lifecycle, asyncio.AbstractEventLoop] = {}
         self._sync_lock = threading.Lock()
         self._async_lock = anyio.Lock()
         self._stack = ExitStack()
@@ -76,6 +78,8 @@ class OuterTransaction:
     def lifecycle_started(self, lifecycle: Lifecycle) -> None:
         """Remember ``lifecycle``, for the leak checks and the test's teardown."""
         self.lifecycles.append(lifecycle)
+        if running_asyncio():  # sync sessions reach its async connections through it
+            self._loops[lifecycle] = asyncio.get_running_loop()
 
     async def async_connection(self, engine: AsyncEngine) -> AsyncConnection:
         """The outer connection of ``engine``, begun on first use."""
@@ -93,9 +97,13 @@ class OuterTransaction:
         For a database that also has an async engine, that is the async engine's
         outer connection (see the module docstring).
         """
-        partner = self._async_partner(engine)
-        if partner is not None:
-            return anyio.from_thread.run(self._bridged_connection, partner)
+        found = self._async_partner(engine)
+        if found is not None:
+            partner, loop = found
+            if running_asyncio():
+                raise RuntimeError("sync_connection() blocks: call it from a worker thread")
+            bridged = asyncio.run_coroutine_threadsafe(self._bridged_connection(partner), loop)
+            return bridged.result()
         with self._sync_lock:
             connection = self._sync.get(engine)
             if connection is None:
@@ -120,14 +128,18 @@ class OuterTransaction:
                 )
         return errors
 
-    def _async_partner(self, engine: Engine) -> AsyncEngine | None:
+    def _async_partner(
+        self, engine: Engine
+    ) -> tuple[AsyncEngine, asyncio.AbstractEventLoop] | None:
+        """The async engine of ``engine``'s database, and its loop, if it has one."""
         for lifecycle in self.lifecycles:
-            if not lifecycle.running:
+            loop = self._loops.get(lifecycle)
+            if loop is None or not lifecycle.running:
                 continue
             for name in lifecycle.names:
                 database = lifecycle.database(name)
                 if set(database.kinds) == {"sync", "async"} and database.engine is engine:
-                    return database.async_engine
+                    return database.async_engine, loop
         return None
 
     async def _bridged_connection(self, engine: AsyncEngine) -> Connection:
@@ -148,9 +160,9 @@ class OuterTransaction:
 
     async def sync_connection_async(self, engine: Engine) -> Connection:
         """:meth:`sync_connection` without blocking the event loop."""
-        partner = self._async_partner(engine)
-        if partner is not None:
-            return await self._bridged_connection(partner)
+        found = self._async_partner(engine)
+        if found is not None:
+            return await self._bridged_connection(found[0])
         return await anyio.to_thread.run_sync(self.sync_connection, engine)
 
     async def _release_async(self, engine: AsyncEngine) -> None:
