@@ -230,9 +230,11 @@ def portside_database_url(
     url = str(url)
     if portside_alembic_config is not None:
         ini = portside_alembic_config
-        template = clone_url(_sync_url(url), "template")
+        base = _sync_url(url)
         clone = _portside_worker_databases.clone(
-            template, prepare=lambda target: migrate_template(ini, target)
+            clone_url(base, "template"),
+            prepare=lambda target: migrate_template(ini, target),
+            named_after=base,
         )
         return _same_driver(url, clone)
     if worker_id() is None:

@@ -181,13 +181,22 @@ class WorkerDatabases:
         #: Seconds each clone took (template URL → seconds), for reports.
         self.timings: dict[str, float] = {}
 
-    def clone(self, template: URL, prepare: Callable[[URL], object] | None = None) -> URL:
-        """The clone of ``template`` for this process, made on first use (sync URL in and out)."""
+    def clone(
+        self,
+        template: URL,
+        prepare: Callable[[URL], object] | None = None,
+        *,
+        named_after: URL | None = None,
+    ) -> URL:
+        """The clone of ``template`` for this process, made on first use (sync URL in and out).
+
+        Named ``<name>_<suffix>`` after ``named_after`` (default: ``template``).
+        """
         key = template.render_as_string(hide_password=False)
         with self._lock:
             if (done := self._clones.get(key)) is not None:
                 return done
-            clone = clone_url(template, self.suffix)
+            clone = clone_url(named_after or template, self.suffix)
             started = time.perf_counter()
             with exclusively(template):
                 if prepare is not None:
