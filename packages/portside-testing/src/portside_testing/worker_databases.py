@@ -178,8 +178,6 @@ class WorkerDatabases:
         self.suffix = suffix
         self._lock = threading.Lock()
         self._clones: dict[str, URL] = {}
-        #: Seconds each clone took (template URL → seconds), for reports.
-        self.timings: dict[str, float] = {}
 
     def clone(
         self,
@@ -197,7 +195,6 @@ class WorkerDatabases:
             if (done := self._clones.get(key)) is not None:
                 return done
             clone = clone_url(named_after or template, self.suffix)
-            started = time.perf_counter()
             with exclusively(template):
                 if prepare is not None:
                     prepare(template)
@@ -205,7 +202,6 @@ class WorkerDatabases:
                     _clone_sqlite(template, clone)
                 else:
                     _clone_postgresql(template, clone)
-            self.timings[key] = time.perf_counter() - started
             self._clones[key] = clone
             return clone
 
