@@ -228,6 +228,8 @@ def portside_database_url(
         (root / "portside").mkdir(exist_ok=True)
         url = f"sqlite:///{root / 'portside' / 'test.db'}"
     url = str(url)
+    if is_sqlite_memory(_sync_url(url)):
+        return url  # refused by portside_settings, with the reason
     if portside_alembic_config is not None:
         ini = portside_alembic_config
         base = _sync_url(url)
