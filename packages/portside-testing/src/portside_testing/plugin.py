@@ -76,7 +76,7 @@ from portside_testing.leaks import check_for_leaks
 from portside_testing.migrations import migrate_template
 from portside_testing.outer_transaction import OuterTransaction
 from portside_testing.tables import TableRegistry
-from portside_testing.worker_databases import WorkerDatabases, clone_url, worker_id
+from portside_testing.worker_databases import WorkerDatabases, clone_url
 
 __all__ = [
     "ALEMBIC_INI_OPTION",
@@ -181,9 +181,19 @@ def portside_alembic_config(request: pytest.FixtureRequest) -> Path | None:
     return Path(path).resolve() if path else None
 
 
+def _worker_id(config: pytest.Config) -> str | None:
+    """This xdist worker's id (``gw0``...), or ``None`` in a run without workers.
+
+    Read from the worker's config, not ``PYTEST_XDIST_WORKER``: a pytest run
+    started inside a worker (pytester) inherits the environment variable.
+    """
+    workerinput: dict[str, Any] = getattr(config, "workerinput", {})
+    return workerinput.get("workerid")
+
+
 @pytest.fixture(scope="session")
-def _portside_worker_databases() -> Iterator[WorkerDatabases]:
-    clones = WorkerDatabases(worker_id() or "main")
+def _portside_worker_databases(request: pytest.FixtureRequest) -> Iterator[WorkerDatabases]:
+    clones = WorkerDatabases(_worker_id(request.config) or "main")
     yield clones
     errors = clones.drop_all()
     if errors:
@@ -192,7 +202,7 @@ def _portside_worker_databases() -> Iterator[WorkerDatabases]:
 
 @pytest.fixture(scope="session")
 def portside_worker_database(
-    _portside_worker_databases: WorkerDatabases,
+    request: pytest.FixtureRequest, _portside_worker_databases: WorkerDatabases
 ) -> Callable[[str], str]:
     """``portside_worker_database(url)``: this xdist worker's clone of ``url`` (or ``url``).
 
@@ -202,7 +212,7 @@ def portside_worker_database(
     """
 
     def clone(url: str) -> str:
-        if worker_id() is None:
+        if _worker_id(request.config) is None:
             return url
         return _same_driver(url, _portside_worker_databases.clone(_sync_url(url)))
 
@@ -224,7 +234,8 @@ def portside_database_url(
     if not url:
         # Under xdist, the template lives where every worker finds it.
         root = tmp_path_factory.getbasetemp()
-        root = root.parent if worker_id() is not None else root
+        worker = _worker_id(request.config)
+        root = root.parent if worker is not None else root
         (root / "portside").mkdir(exist_ok=True)
         url = f"sqlite:///{root / 'portside' / 'test.db'}"
     url = str(url)
@@ -239,7 +250,7 @@ def portside_database_url(
             named_after=base,
         )
         return _same_driver(url, clone)
-    if worker_id() is None:
+    if _worker_id(request.config) is None:
         return url
     return _same_driver(url, _portside_worker_databases.clone(_sync_url(url)))
 

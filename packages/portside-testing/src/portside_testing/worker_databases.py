@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import hashlib
 import logging
-import os
 import shutil
 import threading
 import time
@@ -37,26 +36,17 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
-    "WORKER_ENV",
     "WorkerDatabases",
     "admin_connection",
     "clone_url",
     "drop",
     "exclusively",
-    "worker_id",
 ]
 
 logger = logging.getLogger("portside_testing")
 
-#: The environment variable pytest-xdist sets in each worker (``gw0``, ``gw1``, ...).
-WORKER_ENV = "PYTEST_XDIST_WORKER"
 _IN_USE = "is being accessed by other users"
 _CLONE_RETRY_SECONDS = 30.0
-
-
-def worker_id() -> str | None:
-    """The pytest-xdist worker this process is (``gw0``...), or ``None`` outside xdist."""
-    return os.environ.get(WORKER_ENV) or None
 
 
 def _quote(name: str) -> str:
