@@ -48,9 +48,8 @@ async def test_committed_work_is_rolled_back_with_the_outer_transaction(
                 with lifecycle.session() as session:
                     return int(session.exec(select(func.count()).select_from(notes)).scalar_one())
 
-            if settings.sync_url_object.get_backend_name() == "postgresql":
-                # sync and async engines hold separate outer transactions
-                assert await anyio.to_thread.run_sync(sync_side) == 0
+            # Sync sessions run on the async engine's outer connection: one transaction.
+            assert await anyio.to_thread.run_sync(sync_side) == 1
 
     async with Lifecycle(settings) as after:
         assert await count(after) == 0

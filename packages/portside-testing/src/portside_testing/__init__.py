@@ -6,6 +6,9 @@ itself:
 
 - :func:`open_client` / :class:`Client` (:class:`ClientFactory` types the
   ``portside_client`` fixture) and the :class:`Response` they return;
+- :func:`open_sync_client` / :func:`open_async_client`: ``httpx`` clients on an app
+  (:class:`SyncClient`, :class:`AsyncClient`; the ``portside_sync_client`` and
+  ``portside_async_client`` fixtures);
 - :class:`OuterTransaction`, the binding that rolls back everything a test's
   lifecycles commit, and :class:`LifecycleRecorder`, the one that only records them;
 - :func:`check_for_leaks` / :func:`find_leaks` and :class:`ConnectionLeakError`;
@@ -21,6 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from portside_testing.asgi import AppRunner, LifespanError, Response
 from portside_testing.client import Client, ClientFactory, LifecycleRecorder, open_client
+from portside_testing.http_client import (
+    AsyncClient,
+    AsyncClientFactory,
+    SyncClient,
+    SyncClientFactory,
+    open_async_client,
+    open_sync_client,
+)
 from portside_testing.leaks import ConnectionLeakError, check_for_leaks, find_leaks
 from portside_testing.outer_transaction import OuterTransaction
 
@@ -29,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AppRunner",
+    "AsyncClient",
+    "AsyncClientFactory",
     "Client",
     "ClientFactory",
     "ConformanceSuite",
@@ -38,9 +51,13 @@ __all__ = [
     "LifespanError",
     "OuterTransaction",
     "Response",
+    "SyncClient",
+    "SyncClientFactory",
     "check_for_leaks",
     "find_leaks",
+    "open_async_client",
     "open_client",
+    "open_sync_client",
 ]
 
 _CONFORMANCE = frozenset({"ConformanceSuite", "Harness"})

@@ -5,7 +5,15 @@ every test that asks for them:
 
 ``portside_database_url`` (session)
     ``--portside-database-url``, else ``PORTSIDE_TEST_DATABASE_URL``, else a
-    SQLite file in a temporary directory, one for the whole session.
+    SQLite file in a temporary directory, one for the whole session. Under
+    pytest-xdist, each worker's own clone of it (``<name>_gw0``...); with
+    ``portside_alembic_config``, a clone of the migrated template.
+``portside_alembic_config`` (session)
+    ``--portside-alembic-ini``: the ``alembic.ini`` whose migrations build the
+    schema (``None``: tables come from ``portside_metadata``).
+``portside_worker_database`` (session)
+    ``portside_worker_database(url)``: the URL to use for another database of
+    yours (clones it per xdist worker, dropped at the end; ``url`` itself otherwise).
 ``portside_settings``
     :class:`~portside.DatabaseSettings` for that URL.
 ``portside_metadata``
@@ -19,6 +27,11 @@ every test that asks for them:
 ``portside_client``
     ``async with portside_client(app) as client:`` runs the app's lifespan inside
     the test's transaction; ``client.get/post/put/patch/delete/request``.
+``portside_sync_client`` / ``portside_async_client``
+    ``with portside_sync_client(app) as client:`` (plain ``def`` tests) or
+    ``async with portside_async_client(app) as client:``: an ``httpx.Client`` /
+    ``httpx.AsyncClient`` on the app run inside the test's transaction;
+    ``client.session()`` is a session of the test's own in that transaction.
 ``portside_database_env``
     ``DATABASE_URL``/``DATABASE_ASYNC_URL`` point at the test database for the test
     (the client fixture uses it, so apps reading ``DATABASE_*`` find the test database).
@@ -38,27 +51,39 @@ fails the test with :class:`~portside_testing.leaks.ConnectionLeakError`.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Generator, Iterator
+import warnings
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 import pytest
 from sqlalchemy import MetaData
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlmodel import SQLModel
 
 from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
 from portside.urls import is_sqlite_memory
 from portside_testing.client import ClientFactory, open_client
+from portside_testing.http_client import (
+    AsyncClientFactory,
+    SyncClientFactory,
+    open_async_client,
+    open_sync_client,
+)
 from portside_testing.leaks import check_for_leaks
+from portside_testing.migrations import migrate_template
 from portside_testing.outer_transaction import OuterTransaction
 from portside_testing.tables import TableRegistry
+from portside_testing.worker_databases import WorkerDatabases, clone_url
 
 __all__ = [
+    "ALEMBIC_INI_OPTION",
     "DATABASE_URL_ENV",
     "DATABASE_URL_OPTION",
+    "portside_alembic_config",
+    "portside_async_client",
     "portside_async_session",
     "portside_client",
     "portside_database_env",
@@ -67,8 +92,10 @@ __all__ = [
     "portside_metadata",
     "portside_session",
     "portside_settings",
+    "portside_sync_client",
     "portside_tables",
     "portside_transaction",
+    "portside_worker_database",
     "settings_for",
 ]
 
@@ -76,6 +103,8 @@ __all__ = [
 DATABASE_URL_OPTION = "--portside-database-url"
 #: The environment variable naming the test database (the option wins).
 DATABASE_URL_ENV = "PORTSIDE_TEST_DATABASE_URL"
+#: The command-line option naming the ``alembic.ini`` that builds the schema.
+ALEMBIC_INI_OPTION = "--portside-alembic-ini"
 
 _TRANSACTION = pytest.StashKey[OuterTransaction]()
 
@@ -112,6 +141,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             "tables missing at the start are created, and dropped at the end."
         ),
     )
+    group.addoption(
+        ALEMBIC_INI_OPTION,
+        dest="portside_alembic_ini",
+        default=None,
+        metavar="PATH",
+        help=(
+            "alembic.ini whose migrations build the test schema: a template database "
+            "(<name>_template) is migrated once and cloned for the session or each xdist "
+            "worker, and rebuilt only when the migration scripts change."
+        ),
+    )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -132,18 +172,96 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 
 @pytest.fixture(scope="session")
+def portside_alembic_config(request: pytest.FixtureRequest) -> Path | None:
+    """The ``alembic.ini`` whose migrations build the schema, or ``None`` (see the module).
+
+    ``--portside-alembic-ini``; override this fixture to name it in code.
+    """
+    path = request.config.getoption("portside_alembic_ini")
+    return Path(path).resolve() if path else None
+
+
+def _worker_id(config: pytest.Config) -> str | None:
+    """This xdist worker's id (``gw0``...), or ``None`` in a run without workers.
+
+    Read from the worker's config, not ``PYTEST_XDIST_WORKER``: a pytest run
+    started inside a worker (pytester) inherits the environment variable.
+    """
+    workerinput: dict[str, Any] = getattr(config, "workerinput", {})
+    return workerinput.get("workerid")
+
+
+@pytest.fixture(scope="session")
+def _portside_worker_databases(request: pytest.FixtureRequest) -> Iterator[WorkerDatabases]:
+    clones = WorkerDatabases(_worker_id(request.config) or "main")
+    yield clones
+    errors = clones.drop_all()
+    if errors:
+        warnings.warn("dropping the test databases failed: " + "; ".join(errors), stacklevel=1)
+
+
+@pytest.fixture(scope="session")
+def portside_worker_database(
+    request: pytest.FixtureRequest, _portside_worker_databases: WorkerDatabases
+) -> Callable[[str], str]:
+    """``portside_worker_database(url)``: this xdist worker's clone of ``url`` (or ``url``).
+
+    For each database of a multi-database app: the clone is made from ``url``'s
+    database as a template the first time and dropped at the end of the session.
+    Outside xdist, ``url`` itself.
+    """
+
+    def clone(url: str) -> str:
+        if _worker_id(request.config) is None:
+            return url
+        return _same_driver(url, _portside_worker_databases.clone(_sync_url(url)))
+
+    return clone
+
+
+@pytest.fixture(scope="session")
 def portside_database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    portside_alembic_config: Path | None,
+    _portside_worker_databases: WorkerDatabases,
 ) -> str:
     """The test database's URL, sync or async driver (see the module docstring).
 
     Override this fixture (any scope) to choose the database in code.
     """
     url = request.config.getoption("portside_database_url") or os.environ.get(DATABASE_URL_ENV)
-    if url:
-        return str(url)
-    path: Path = tmp_path_factory.mktemp("portside") / "test.db"
-    return f"sqlite:///{path}"
+    if not url:
+        # Under xdist, the template lives where every worker finds it.
+        root = tmp_path_factory.getbasetemp()
+        worker = _worker_id(request.config)
+        root = root.parent if worker is not None else root
+        (root / "portside").mkdir(exist_ok=True)
+        url = f"sqlite:///{root / 'portside' / 'test.db'}"
+    url = str(url)
+    if is_sqlite_memory(_sync_url(url)):
+        return url  # refused by portside_settings, with the reason
+    if portside_alembic_config is not None:
+        ini = portside_alembic_config
+        base = _sync_url(url)
+        clone = _portside_worker_databases.clone(
+            clone_url(base, "template"),
+            prepare=lambda target: migrate_template(ini, target),
+            named_after=base,
+        )
+        return _same_driver(url, clone)
+    if _worker_id(request.config) is None:
+        return url
+    return _same_driver(url, _portside_worker_databases.clone(_sync_url(url)))
+
+
+def _sync_url(url: str) -> URL:
+    return settings_for(url).sync_url_object
+
+
+def _same_driver(original: str, clone: URL) -> str:
+    """``clone``'s database, with ``original``'s driver (and password)."""
+    return make_url(original).set(database=clone.database).render_as_string(hide_password=False)
 
 
 def settings_for(url: str) -> DatabaseSettings:
@@ -187,7 +305,9 @@ def portside_metadata() -> MetaData:
 
 
 @pytest.fixture(scope="session")
-def _portside_table_registry() -> Iterator[TableRegistry]:
+def _portside_table_registry(
+    _portside_worker_databases: WorkerDatabases,  # dropped after the tables, not before
+) -> Iterator[TableRegistry]:
     registry = TableRegistry()
     yield registry
     registry.drop_created()
@@ -262,6 +382,38 @@ def portside_client(
     if own_sessions.intersection(request.fixturenames):
         pytest.fail(_CLIENT_WITH_SESSION_FIXTURES, pytrace=False)
     return open_client
+
+
+@pytest.fixture
+def portside_async_client(
+    request: pytest.FixtureRequest,
+    portside_transaction: OuterTransaction,
+    portside_database_env: DatabaseSettings,
+) -> AsyncClientFactory:
+    """``async with portside_async_client(app) as client:``: an ``httpx.AsyncClient`` on the app.
+
+    The app runs inside the test's transaction (see ``portside_client``);
+    ``await client.session()`` is a session of the test's own in it, which never
+    blocks the app and never shows stale rows (see :mod:`portside_testing.http_client`).
+    """
+    return open_async_client
+
+
+@pytest.fixture
+def portside_sync_client(
+    request: pytest.FixtureRequest,
+    portside_tables: None,
+    portside_database_env: DatabaseSettings,
+) -> Iterator[SyncClientFactory]:
+    """``with portside_sync_client(app) as client:``: an ``httpx.Client`` on the app.
+
+    For plain ``def`` tests, like Starlette's ``TestClient``: the app runs on an
+    event loop in a background thread, inside the test's transaction, rolled back
+    at the end. ``client.session()`` is a sync session of the test's own in it.
+    """
+    with OuterTransaction() as outer:
+        request.node.stash[_TRANSACTION] = outer
+        yield open_sync_client
 
 
 # -- a lifecycle and sessions of the test's own --------------------------------------
