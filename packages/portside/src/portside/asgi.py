@@ -31,6 +31,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -44,6 +45,7 @@ from portside.errors import (
 )
 from portside.failures import classify
 from portside.lifecycle import Databases, Lifecycle
+from portside.retries import DEFAULT_MAX_BODY, RetryPolicy
 from portside.urls import scrub
 
 if TYPE_CHECKING:
@@ -69,6 +71,8 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (
     PortsideError,
     OSError,
 )
+#: Key of the database failure an integration answered (see :func:`record_failure`).
+FAILURE_KEY = "portside.failure"
 #: Methods whose units of work are hinted read-only (concurrent reads on SQLite).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
@@ -215,11 +219,72 @@ async def send_error(send: Send, exc: BaseException, *, instead_of: str) -> None
     await send({"type": "http.response.body", "body": payload})
 
 
+def record_failure(scope: Scope, exc: BaseException) -> None:
+    """Note that the request's database work failed with ``exc`` (its reply follows).
+
+    Integrations call it from the handlers that answer database errors, so that
+    the middleware can tell a 409 that lost a race (to retry, if the route opted
+    in) from any other.
+    """
+    scope[FAILURE_KEY] = exc
+
+
+def answer_database_error(scope: Scope, exc: BaseException) -> ErrorReply | None:
+    """The reply for a database's failure (recorded for retries); ``None`` for a bug."""
+    if not is_database_unavailable(exc):
+        return None
+    record_failure(scope, exc)
+    return error_reply(exc, instead_of="an error the app raised")
+
+
+class _Replay:
+    """The request body, kept as the app reads it, so that a retry can read it again.
+
+    Keeps up to ``limit`` bytes (references to the messages, no copies); a larger
+    body cannot be replayed, and its request is not retried.
+    """
+
+    __slots__ = ("_position", "_receive", "limit", "messages", "replayable", "size")
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive = receive
+        self.limit = limit
+        self.messages: list[Message] = []
+        self.size = 0
+        self.replayable = True
+        self._position = 0
+
+    async def receive(self) -> Message:
+        if self._position < len(self.messages):
+            message = self.messages[self._position]
+            self._position += 1
+            return message
+        message = await self._receive()
+        if self.replayable and message["type"] == "http.request":
+            self.size += len(message.get("body", b""))
+            if self.size > self.limit:
+                self.replayable = False
+                self.messages.clear()
+            else:
+                self.messages.append(message)
+                self._position += 1
+        return message
+
+    def rewind(self) -> None:
+        self._position = 0
+
+
 class UnitOfWorkMiddleware:
     """Pure ASGI middleware ending each request's unit of work before the response.
 
     ``lifecycle`` finds the running :class:`~portside.Lifecycle` for a request; the
     default reads lifespan state, where the portside lifespans put it.
+
+    A route that opted in to retries (its unit's ``retry_policy``, set through the
+    integration's ``transaction(...)``) and lost a race (serialization failure,
+    deadlock) before its response started is run again: the app is called anew
+    with a fresh unit of work and the request body replayed. After-commit and
+    after-rollback callbacks run once the response was sent.
     """
 
     def __init__(
@@ -238,32 +303,76 @@ class UnitOfWorkMiddleware:
             # Not a request, or one an outer app's portside already gives a unit of work.
             await self.app(scope, receive, send)
             return
-        unit = self._lifecycle(scope).unit_of_work(writes=scope["method"] not in SAFE_METHODS)
-        scope[UNIT_OF_WORK_KEY] = unit
+        lifecycle = self._lifecycle(scope)
+        writes = scope["method"] not in SAFE_METHODS
+        # Kept for a retry: the scope before the app changed it, and the body it read.
+        pristine = dict(scope)
+        replay = _Replay(receive, DEFAULT_MAX_BODY)
+        attempt = 1
+        while True:
+            unit = lifecycle.unit_of_work(writes=writes)
+            scope[UNIT_OF_WORK_KEY] = unit
+            policy = await self._attempt(scope, replay, send, unit, attempt)
+            if policy is None:
+                return
+            await anyio.sleep(policy.delay(attempt))
+            attempt += 1
+            logger.info("portside runs a request that lost a race again (attempt %d)", attempt)
+            scope = dict(pristine)
+            replay.rewind()
+
+    async def _attempt(
+        self, scope: Scope, replay: _Replay, send: Send, unit: UnitOfWork, attempt: int
+    ) -> RetryPolicy | None:
+        """Run the app once; return the retry policy if it must run again."""
         started = False
         replaced = False
+        discarded = False
+
+        def retries(exc: BaseException | None) -> bool:
+            """Whether this attempt lost a race that the route asked to retry."""
+            policy = unit.retry_policy
+            return (
+                exc is not None
+                and policy is not None
+                and replay.replayable
+                and replay.size <= policy.max_body
+                and policy.retries(exc, attempt)
+            )
 
         async def send_after_unit(message: Message) -> None:
-            nonlocal started, replaced
-            if replaced:
-                return  # the app's own response was replaced by an error
+            nonlocal started, replaced, discarded
+            if replaced or discarded:
+                return  # the app's own response was replaced by an error, or is retried
             if message["type"] == "http.response.start":
-                started = True
+                status = message["status"]
                 try:
-                    await unit.finish(commit=message["status"] < self._commit_below)
+                    await unit.finish(commit=status < self._commit_below, run_hooks=False)
                 except Exception as exc:
+                    if retries(exc):
+                        discarded = True
+                        return
                     replaced = True
-                    await send_error(send, exc, instead_of=f"the app's {message['status']}")
+                    await send_error(send, exc, instead_of=f"the app's {status}")
                     return
+                if status >= self._commit_below and retries(scope.get(FAILURE_KEY)):
+                    discarded = True
+                    return
+                started = True
             await send(message)
 
         try:
-            await self.app(scope, receive, send_after_unit)
+            await self.app(scope, replay.receive, send_after_unit)
         except Exception as exc:
-            await unit.finish(commit=False)
-            if started or not is_database_unavailable(exc):
+            await unit.finish(commit=False, run_hooks=False)
+            if not (started or replaced) and retries(exc):
+                discarded = True
+            elif started or not is_database_unavailable(exc):
                 raise
-            await send_error(send, exc, instead_of="an error the app raised")
+            else:
+                await send_error(send, exc, instead_of="an error the app raised")
         finally:
             if not unit.ended:  # the app returned without starting a response
-                await unit.finish(commit=False)
+                await unit.finish(commit=False, run_hooks=False)
+            await unit.run_hooks()
+        return unit.retry_policy if discarded else None

@@ -15,7 +15,7 @@ works, and SQLAlchemy-only models work too) with two additions:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import SessionTransaction
@@ -25,6 +25,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession as _SQLModelAsyncSession
 
 from portside.errors import BlockingSessionError, UnitOfWorkEndedError
 from portside.event_loop import on_event_loop_thread
+
+if TYPE_CHECKING:
+    from portside.unit_of_work import UnitOfWork
 
 __all__ = ["AsyncSession", "Session"]
 
@@ -49,6 +52,12 @@ class _EndableSession(_SQLModelSession):
     _portside_ended: bool = False
     _portside_before_first_statement: Callable[[], object] | None = None
     _portside_hook_awaits: bool = False
+    #: The unit of work that owns the session (None: a session of no unit).
+    _portside_unit: UnitOfWork | None = None
+    #: When the unit's deadline passes (``time.monotonic()``), if it has one.
+    _portside_deadline: float | None = None
+    #: The name of the session's database in its unit.
+    _portside_database: str | None = None
 
     def _autobegin_t(self, begin: bool = False) -> SessionTransaction:
         # The one place every add, query, flush and connection() goes through before

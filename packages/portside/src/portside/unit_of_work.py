@@ -9,6 +9,12 @@ the end, every session of the unit refuses further use.
 
 Several databases are committed one after the other; there is no two-phase
 commit, so a failure at the second commit cannot undo the first.
+
+A unit may also carry after-commit and after-rollback callbacks
+(:mod:`portside.hooks`), a transaction isolation level, a deadline the database
+enforces (:mod:`portside.deadlines`) and a retry policy (:mod:`portside.retries`,
+which whoever runs the unit's code applies: :meth:`portside.Lifecycle.run`, the
+web middleware).
 """
 
 from __future__ import annotations
@@ -21,20 +27,25 @@ from typing import TYPE_CHECKING, Self
 
 import anyio
 import anyio.to_thread
+from sqlalchemy import Connection
 from sqlalchemy.exc import IllegalStateChangeError
 from sqlalchemy.util import await_
 
+from portside import hooks
 from portside.errors import LifecycleStateError, PartialCommitError
 from portside.event_loop import on_event_loop_thread
+from portside.retries import Retries, RetryPolicy
 from portside.serial_gate import GateHolder
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from sqlalchemy.orm import SessionTransaction
+
     from portside.database import Database
     from portside.in_flight import InFlight
     from portside.serial_gate import SerialGate
-    from portside.sessions import AsyncSession, Session
+    from portside.sessions import AsyncSession, Session, _EndableSession
 
 logger = logging.getLogger("portside")
 
@@ -124,6 +135,14 @@ class UnitOfWork:
     ``writes`` is a hint: on SQLite, units that may write begin ``IMMEDIATE``
     transactions (queued, never "database is locked"), read-only ones begin plain
     ones and run concurrently. Nothing is enforced.
+
+    ``isolation_level`` (e.g. ``"SERIALIZABLE"``) applies to every transaction of
+    the unit (not under the test kit's outer transaction, whose level rules).
+    ``deadline``: seconds from the unit's creation after which the database stops
+    its statements (default: each database's ``DATABASE_DEADLINE``; see
+    :mod:`portside.deadlines`). ``retries``: the :class:`~portside.RetryPolicy` (or
+    number of retries) whoever runs the unit applies. All three can be changed with
+    :meth:`configure` until the unit's first statement.
     """
 
     def __init__(
@@ -133,11 +152,21 @@ class UnitOfWork:
         *,
         writes: bool = True,
         cleanup_timeout: float,
+        isolation_level: str | None = None,
+        deadline: float | None = None,
+        retries: Retries = None,
     ) -> None:
         self._databases = databases
         self._in_flight = in_flight
         self._cleanup_timeout = cleanup_timeout
         self.writes = writes
+        self._started = time.monotonic()
+        self.isolation_level = isolation_level
+        self.deadline = deadline
+        #: The retry policy of the code running this unit (``None``: no retries).
+        self.retry_policy = RetryPolicy.of(retries)
+        self._hooks: hooks.Hooks | None = None
+        self._committed = False
         self._sync: dict[str, Session] = {}
         self._async: dict[str, AsyncSession] = {}
         self._gates: list[SerialGate] = []
@@ -154,6 +183,100 @@ class UnitOfWork:
     def ended(self) -> bool:
         """Whether :meth:`finish` has run."""
         return self._ended
+
+    @property
+    def committed(self) -> bool:
+        """Whether :meth:`finish` committed (every database)."""
+        return self._committed
+
+    def configure(
+        self,
+        *,
+        isolation_level: str | None = None,
+        deadline: float | None = None,
+        retries: Retries = None,
+    ) -> None:
+        """Set the options given (``None`` keeps the current one), before the first statement.
+
+        How a web route opts in: its integration's ``transaction(...)`` calls this
+        on the request's unit before the handler's code runs.
+        """
+        sessions = self._sessions()
+        if any(s.in_transaction() for s in sessions) and (isolation_level or deadline):
+            raise LifecycleStateError(
+                "The isolation level and deadline of a unit of work apply when its "
+                "transaction begins, and this unit already ran a statement: set them "
+                "first (for a route: put its transaction(...) opt-in before the "
+                "session it uses)."
+            )
+        if isolation_level is not None:
+            self.isolation_level = isolation_level
+        if deadline is not None:
+            self.deadline = deadline
+        if retries is not None:
+            self.retry_policy = RetryPolicy.of(retries)
+        for session in sessions:
+            self._tune(session, self._databases(session._portside_database))
+
+    def _sessions(self) -> list[_EndableSession]:
+        return [s.sync_session for s in self._async.values()] + list(self._sync.values())
+
+    def _tune(self, session: _EndableSession, database: Database) -> None:
+        """Own ``session`` and give it the unit's isolation level and deadline."""
+        session._portside_unit = self
+        session._portside_database = database.name
+        deadline = self.deadline if self.deadline is not None else database.settings.deadline
+        session._portside_deadline = None if deadline is None else self._started + deadline
+        if self.isolation_level is not None and not isinstance(session.bind, Connection):
+            # Not on the test kit's connection: its outer transaction's level rules.
+            bind = session.bind
+            if bind is not None and bind.get_execution_options().get("isolation_level") != (
+                self.isolation_level
+            ):
+                session.bind = bind.execution_options(isolation_level=self.isolation_level)
+
+    # -- after-commit and after-rollback callbacks ------------------------------------
+
+    def on_commit(self, callback: hooks.Callback) -> None:
+        """Run ``callback`` (sync or async, no arguments) once this unit has committed.
+
+        Registered inside a SAVEPOINT of one of the unit's sessions, use
+        :func:`portside.on_commit` with that session instead, so that a rollback of
+        the SAVEPOINT drops it. See :mod:`portside.hooks`.
+        """
+        self._register("commit", callback, None)
+
+    def on_rollback(self, callback: hooks.Callback) -> None:
+        """Run ``callback`` (sync or async, no arguments) if this unit rolls back."""
+        self._register("rollback", callback, None)
+
+    def _register(
+        self, outcome: str, callback: hooks.Callback, savepoint: SessionTransaction | None
+    ) -> None:
+        if self._ended:
+            raise LifecycleStateError(
+                f"on_{outcome}() was called after the unit of work ended; register "
+                "callbacks while its work runs."
+            )
+        if self._hooks is None:
+            self._hooks = hooks.Hooks()
+        self._hooks.add(outcome, callback, savepoint)
+
+    async def run_hooks(self) -> None:
+        """Run the callbacks of the unit's outcome (once it ended), each at most once.
+
+        :meth:`finish` does this itself unless told ``run_hooks=False``. Shutdown
+        waits for them like for a unit in flight.
+        """
+        if self._hooks is None or not self._ended:
+            return
+        callbacks = self._hooks.take(committed=self._committed)
+        if callbacks:
+            self._in_flight.hold()
+            try:
+                await hooks.run(callbacks, committed=self._committed)
+            finally:
+                self._in_flight.leave()
 
     def _database(self, name: str | None) -> Database:
         if self._ended:
@@ -193,6 +316,7 @@ class UnitOfWork:
             gates = database.gates(database.async_port(), writes=self.writes)
             self._admit()
             session = await database.new_async_session(writes=self.writes)
+            self._tune(session.sync_session, database)
             if gates:
                 # The first statement runs in SQLAlchemy's greenlet, which can await.
                 session.sync_session.before_first_statement(
@@ -214,6 +338,7 @@ class UnitOfWork:
             gates = database.gates(database.sync_port(), writes=self.writes)
             self._admit()
             session = await database.new_session(writes=self.writes)
+            self._tune(session, database)
             if gates:
                 session.before_first_statement(lambda: self._pass_blocking(gates), awaits=False)
             self._sync[database.name] = session
@@ -233,23 +358,32 @@ class UnitOfWork:
             gates = database.gates(database.sync_port(), writes=self.writes)
             self._admit()
             session = database.new_session_blocking(writes=self.writes)
+            self._tune(session, database)
             if gates:
                 session.before_first_statement(lambda: self._pass_blocking(gates), awaits=False)
             self._sync[database.name] = session
         return session
 
-    async def finish(self, *, commit: bool) -> None:
+    async def finish(self, *, commit: bool, run_hooks: bool = True) -> None:
         """End the unit once: commit (or roll back) every session, then close them.
 
         If a commit fails, every session not yet committed is rolled back and the
         commit's exception is raised after cleanup; if an earlier database had
         already committed, it is raised as the cause of a :class:`PartialCommitError`
-        saying which did and which did not (there is no two-phase commit). Calling
-        it again does nothing.
+        saying which did and which did not (there is no two-phase commit). Then the
+        callbacks of the outcome run, unless ``run_hooks=False`` (then call
+        :meth:`run_hooks` later). Calling it again does nothing.
         """
         if self._ended:
             return
         self._ended = True
+        try:
+            await self._end(commit=commit)
+        finally:
+            if run_hooks and self._hooks is not None:
+                await self.run_hooks()
+
+    async def _end(self, *, commit: bool) -> None:
         committed = False
         done: list[str] = []
         try:
@@ -260,6 +394,7 @@ class UnitOfWork:
                     await _commit_step(anyio.to_thread.run_sync(sync_session.commit), name, done)
                 committed = True
         finally:
+            self._committed = committed
             if committed:
                 self._close_committed()
             else:
@@ -332,6 +467,7 @@ class UnitOfWork:
                             raise
                         raise partial from exc
                     done.append(name)
+            self._committed = commit
         finally:
             try:
                 for sync_session in self._sync.values():
@@ -339,6 +475,9 @@ class UnitOfWork:
                     _close_sync(sync_session, self._cleanup_timeout)
             finally:
                 self._release()
+                if self._hooks is not None:
+                    callbacks = self._hooks.take(committed=self._committed)
+                    hooks.run_blocking(callbacks, committed=self._committed)
 
     def _release(self) -> None:
         for gate in self._gates:

@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
+from portside.deadlines import clear_sqlite
 from portside.errors import ReadOnlyUnitWriteError, StartupError
 from portside.serial_gate import SerialGate
 from portside.sessions import AsyncSession, Session
@@ -113,6 +114,7 @@ def _install_defaults(
         raw = getattr(dbapi_connection, "_connection", dbapi_connection)  # aiosqlite's
         if raw.in_transaction:
             dbapi_connection.rollback()
+        clear_sqlite(raw)  # a unit's deadline ends with the unit
 
     event.listen(engine, "handle_error", _refused_read_only_write)
 
