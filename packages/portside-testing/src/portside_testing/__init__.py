@@ -10,6 +10,8 @@ itself:
   lifecycles commit, and :class:`LifecycleRecorder`, the one that only records them;
 - :func:`check_for_leaks` / :func:`find_leaks` and :class:`ConnectionLeakError`;
 - :class:`AppRunner`, the in-process ASGI driver (:class:`LifespanError`);
+- :func:`capture_on_commit` (:class:`CapturedCallbacks`), which lists after-commit
+  callbacks instead of running them (also the ``portside_on_commit`` fixture);
 - :class:`ConformanceSuite` and :class:`Harness`, for a framework integration's own
   conformance tests (imported on first use: they need pytest).
 """
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from portside_testing.asgi import AppRunner, LifespanError, Response
 from portside_testing.client import Client, ClientFactory, LifecycleRecorder, open_client
 from portside_testing.leaks import ConnectionLeakError, check_for_leaks, find_leaks
+from portside_testing.on_commit import CapturedCallbacks, capture_on_commit
 from portside_testing.outer_transaction import OuterTransaction
 
 if TYPE_CHECKING:
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AppRunner",
+    "CapturedCallbacks",
     "Client",
     "ClientFactory",
     "ConformanceSuite",
@@ -38,6 +42,7 @@ __all__ = [
     "LifespanError",
     "OuterTransaction",
     "Response",
+    "capture_on_commit",
     "check_for_leaks",
     "find_leaks",
     "open_client",

@@ -22,6 +22,9 @@ every test that asks for them:
 ``portside_database_env``
     ``DATABASE_URL``/``DATABASE_ASYNC_URL`` point at the test database for the test
     (the client fixture uses it, so apps reading ``DATABASE_*`` find the test database).
+``portside_on_commit``
+    The after-commit callbacks units registered during the test, captured
+    instead of run (:func:`~portside_testing.capture_on_commit`).
 ``portside_lifecycle``, ``portside_async_session``, ``portside_session``
     A started lifecycle and sessions on it, for tests of code without an app.
 
@@ -53,6 +56,7 @@ from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
 from portside.urls import is_sqlite_memory
 from portside_testing.client import ClientFactory, open_client
 from portside_testing.leaks import check_for_leaks
+from portside_testing.on_commit import CapturedCallbacks, capture_on_commit
 from portside_testing.outer_transaction import OuterTransaction
 from portside_testing.tables import TableRegistry
 
@@ -262,6 +266,17 @@ def portside_client(
     if own_sessions.intersection(request.fixturenames):
         pytest.fail(_CLIENT_WITH_SESSION_FIXTURES, pytrace=False)
     return open_client
+
+
+@pytest.fixture
+def portside_on_commit() -> Iterator[CapturedCallbacks]:
+    """The after-commit callbacks registered during the test, captured instead of run.
+
+    Assert on them, and ``await portside_on_commit.run()`` to run them (see
+    :func:`portside_testing.capture_on_commit`).
+    """
+    with capture_on_commit() as callbacks:
+        yield callbacks
 
 
 # -- a lifecycle and sessions of the test's own --------------------------------------

@@ -45,7 +45,7 @@ from portside.errors import (
 )
 from portside.failures import classify
 from portside.lifecycle import Databases, Lifecycle
-from portside.retries import DEFAULT_MAX_BODY, RetryPolicy
+from portside.retries import DEFAULT_MAX_BODY, Retries, RetryPolicy
 from portside.urls import scrub
 
 if TYPE_CHECKING:
@@ -219,6 +219,28 @@ async def send_error(send: Send, exc: BaseException, *, instead_of: str) -> None
     await send({"type": "http.response.body", "body": payload})
 
 
+@dataclass(frozen=True, slots=True)
+class TransactionOptions:
+    """A route's opt-in: retries, isolation level and deadline of its unit of work.
+
+    Integrations build one from their ``transaction(...)`` and apply it with
+    :meth:`apply` before the route's code runs (see :meth:`UnitOfWork.configure`).
+    """
+
+    retries: Retries = None
+    isolation_level: str | None = None
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        RetryPolicy.of(self.retries)  # fails now, at import, rather than per request
+
+    def apply(self, scope: Scope) -> None:
+        """Configure the request's unit of work (from ``scope``) with these options."""
+        unit_of_work_from_scope(scope).configure(
+            retries=self.retries, isolation_level=self.isolation_level, deadline=self.deadline
+        )
+
+
 def record_failure(scope: Scope, exc: BaseException) -> None:
     """Note that the request's database work failed with ``exc`` (its reply follows).
 
@@ -278,7 +300,9 @@ class UnitOfWorkMiddleware:
     """Pure ASGI middleware ending each request's unit of work before the response.
 
     ``lifecycle`` finds the running :class:`~portside.Lifecycle` for a request; the
-    default reads lifespan state, where the portside lifespans put it.
+    default reads lifespan state, where the portside lifespans put it. ``options``,
+    for frameworks whose middleware runs after routing, reads a route's
+    :class:`TransactionOptions` from the scope.
 
     A route that opted in to retries (its unit's ``retry_policy``, set through the
     integration's ``transaction(...)``) and lost a race (serialization failure,
@@ -293,9 +317,11 @@ class UnitOfWorkMiddleware:
         *,
         lifecycle: LifecycleLookup = lifecycle_from_state,
         commit_redirects: bool = True,
+        options: Callable[[Scope], TransactionOptions | None] | None = None,
     ) -> None:
         self.app = app
         self._lifecycle = lifecycle
+        self._options = options
         self._commit_below = 400 if commit_redirects else 300
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -312,6 +338,8 @@ class UnitOfWorkMiddleware:
         while True:
             unit = lifecycle.unit_of_work(writes=writes)
             scope[UNIT_OF_WORK_KEY] = unit
+            if self._options is not None and (options := self._options(scope)) is not None:
+                options.apply(scope)
             policy = await self._attempt(scope, replay, send, unit, attempt)
             if policy is None:
                 return

@@ -146,19 +146,19 @@ _captures_lock = threading.Lock()
 
 
 @contextmanager
-def capture() -> Iterator[list[Callback]]:
-    """Collect after-commit callbacks instead of running them (the test kit's seam).
+def capture(into: list[Callback]) -> Iterator[None]:
+    """Put after-commit callbacks into ``into`` instead of running them (the test kit's).
 
-    Process-wide, so it also sees requests served in other tasks or threads.
+    Process-wide, so it also sees requests served in other tasks or threads; the
+    innermost capture gets them.
     """
-    captured: list[Callback] = []
     with _captures_lock:
-        _captures.append(captured)
+        _captures.append(into)
     try:
-        yield captured
+        yield
     finally:
         with _captures_lock:
-            _captures.remove(captured)
+            _captures.remove(into)
 
 
 def _captured(callbacks: list[Callback], *, committed: bool) -> bool:

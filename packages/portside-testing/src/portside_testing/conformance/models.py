@@ -50,3 +50,12 @@ class Child(ConformanceModel, table=True):
             nullable=False,
         )
     )
+
+
+class Counter(ConformanceModel, table=True):
+    """One number that concurrent requests read and increment (row ``id=1``)."""
+
+    __tablename__ = "conformance_counter"
+
+    id: int | None = Field(default=None, primary_key=True)
+    value: int = 0
