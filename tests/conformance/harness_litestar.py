@@ -21,10 +21,11 @@ from litestar.exceptions import HTTPException, NotFoundException, WebSocketDisco
 from litestar.params import Body, FromPath
 from litestar.response import Redirect, Response
 from litestar.types import ControllerRouterHandler
-from sqlalchemy import func, insert
+from sqlalchemy import func, insert, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+import portside
 from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
 from portside_litestar import (
     AsyncSessionDep,
@@ -34,10 +35,17 @@ from portside_litestar import (
     async_session_dependency,
     get_lifecycle,
     session_dependency,
+    transaction,
 )
 from portside_testing.conformance import ConformanceSuite
-from portside_testing.conformance.harness import Mode
-from portside_testing.conformance.models import Child, Item
+from portside_testing.conformance.harness import (
+    RACE_WINDOW,
+    RETRY_POLICY,
+    SLOW_QUERY_DEADLINE,
+    Mode,
+    runaway_statement,
+)
+from portside_testing.conformance.models import Child, Counter, Item
 
 MISSING_PARENT = 999_999
 
@@ -53,9 +61,32 @@ class SlowIn:
     seconds: float
 
 
+@dataclass
+class HookedIn:
+    name: str
+    status: int
+
+
+@dataclass
+class BumpIn:
+    by: int
+
+
 # Body() marks `data` as the JSON request body (Litestar 3 no longer infers it).
 NameBody = Annotated[NameIn, Body()]
 SlowBody = Annotated[SlowIn, Body()]
+HookedBody = Annotated[HookedIn, Body()]
+BumpBody = Annotated[BumpIn, Body()]
+
+SERIALIZABLE = transaction(retries=RETRY_POLICY, isolation_level="SERIALIZABLE")
+SERIALIZABLE_ONCE = transaction(isolation_level="SERIALIZABLE")
+WITH_DEADLINE = transaction(deadline=SLOW_QUERY_DEADLINE)
+
+
+def register_callbacks(state: State, session: Session | AsyncSession, name: str) -> None:
+    events: list[str] = state.hook_events
+    portside.on_commit(session, lambda: events.append(f"commit:{name}"))
+    portside.on_rollback(session, lambda: events.append(f"rollback:{name}"))
 
 
 def as_json(item: Item) -> dict[str, Any]:
@@ -214,7 +245,46 @@ async def count_analytics(analytics_session: AsyncSessionDep) -> dict[str, int]:
     return {"count": count}
 
 
+@post("/items/hooked")
+async def create_hooked(
+    db_session: AsyncSessionDep, data: HookedBody, state: State
+) -> Response[dict[str, Any]]:
+    item = await add_item(db_session, data.name)
+    register_callbacks(state, db_session, data.name)
+    return Response(as_json(item), status_code=data.status)
+
+
+async def bump(session: AsyncSession, by: int) -> dict[str, int]:
+    counter = await session.get(Counter, 1)
+    assert counter is not None
+    await anyio.sleep(RACE_WINDOW)  # others read the same value meanwhile
+    counter.value += by
+    await session.flush()
+    return {"value": counter.value}
+
+
+@post("/counter/increment", opt=SERIALIZABLE, status_code=200)
+async def increment(db_session: AsyncSessionDep, data: BumpBody) -> dict[str, int]:
+    return await bump(db_session, data.by)
+
+
+@post("/counter/increment-once", opt=SERIALIZABLE_ONCE, status_code=200)
+async def increment_once(db_session: AsyncSessionDep, data: BumpBody) -> dict[str, int]:
+    return await bump(db_session, data.by)
+
+
+@get("/slow-query", opt=WITH_DEADLINE)
+async def slow_query(db_session: AsyncSessionDep) -> dict[str, bool]:
+    dialect = (await db_session.connection()).dialect.name
+    await db_session.exec(text(runaway_statement(dialect)))
+    return {"ok": True}
+
+
 ASYNC_HANDLERS: list[ControllerRouterHandler] = [
+    create_hooked,
+    increment,
+    increment_once,
+    slow_query,
     create_item,
     read_item,
     list_items,
@@ -339,7 +409,45 @@ def count_analytics_sync(analytics_session: SessionDep) -> dict[str, int]:
     return {"count": analytics_session.exec(select(func.count()).select_from(Item)).one()}
 
 
+@post("/items/hooked", sync_to_thread=True)
+def create_hooked_sync(
+    sync_db_session: SessionDep, data: HookedBody, state: State
+) -> Response[dict[str, Any]]:
+    item = add_item_sync(sync_db_session, data.name)
+    register_callbacks(state, sync_db_session, data.name)
+    return Response(as_json(item), status_code=data.status)
+
+
+def bump_sync(session: Session, by: int) -> dict[str, int]:
+    counter = session.get(Counter, 1)
+    assert counter is not None
+    time.sleep(RACE_WINDOW)  # others read the same value meanwhile
+    counter.value += by
+    session.flush()
+    return {"value": counter.value}
+
+
+@post("/counter/increment", opt=SERIALIZABLE, status_code=200, sync_to_thread=True)
+def increment_sync(sync_db_session: SessionDep, data: BumpBody) -> dict[str, int]:
+    return bump_sync(sync_db_session, data.by)
+
+
+@post("/counter/increment-once", opt=SERIALIZABLE_ONCE, status_code=200, sync_to_thread=True)
+def increment_once_sync(sync_db_session: SessionDep, data: BumpBody) -> dict[str, int]:
+    return bump_sync(sync_db_session, data.by)
+
+
+@get("/slow-query", opt=WITH_DEADLINE, sync_to_thread=True)
+def slow_query_sync(sync_db_session: SessionDep) -> dict[str, bool]:
+    sync_db_session.exec(text(runaway_statement(sync_db_session.connection().dialect.name)))
+    return {"ok": True}
+
+
 SYNC_HANDLERS: list[ControllerRouterHandler] = [
+    create_hooked_sync,
+    increment_sync,
+    increment_once_sync,
+    slow_query_sync,
     create_item_sync,
     read_item_sync,
     list_items_sync,
@@ -362,6 +470,7 @@ class LitestarHarness:
 
     def __init__(self) -> None:
         self.background_results: list[str] = []
+        self.hook_events: list[str] = []
 
     def build_app(
         self, databases: DatabaseSettings | Mapping[str, DatabaseSettings], mode: Mode
@@ -384,7 +493,13 @@ class LitestarHarness:
             handlers,
             plugins=[PortsidePlugin(databases)],
             dependencies=dependencies,
-            state=State({"background_results": self.background_results, "mode": mode}),
+            state=State(
+                {
+                    "background_results": self.background_results,
+                    "hook_events": self.hook_events,
+                    "mode": mode,
+                }
+            ),
         )
 
     def lifecycle(self, app: Litestar) -> Lifecycle:
