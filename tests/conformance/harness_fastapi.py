@@ -44,13 +44,14 @@ from portside_fastapi import (
 )
 from portside_testing.conformance import ConformanceSuite
 from portside_testing.conformance.harness import (
+    LOCK_WINDOW,
     RACE_WINDOW,
     RETRY_POLICY,
     SLOW_QUERY_DEADLINE,
     Mode,
     runaway_statement,
 )
-from portside_testing.conformance.models import Child, Counter, Item
+from portside_testing.conformance.models import Child, Counter, Item, add_one
 
 MISSING_PARENT = 999_999
 
@@ -73,6 +74,11 @@ class HookedIn(BaseModel):
 
 class BumpIn(BaseModel):
     by: int
+
+
+class TransferIn(BaseModel):
+    first: int
+    second: int
 
 
 SERIALIZABLE = transaction(retries=RETRY_POLICY, isolation_level="SERIALIZABLE")
@@ -175,6 +181,23 @@ async def increment(data: BumpIn, session: AsyncSessionDep) -> dict[str, int]:
 @async_api.post("/counter/increment-once", dependencies=[SERIALIZABLE_ONCE])
 async def increment_once(data: BumpIn, session: AsyncSessionDep) -> dict[str, int]:
     return await bump(data, session)
+
+
+async def transfer(data: TransferIn, session: AsyncSession) -> dict[str, bool]:
+    await session.exec(add_one(data.first))
+    await anyio.sleep(LOCK_WINDOW)  # the other request locks its first row meanwhile
+    await session.exec(add_one(data.second))
+    return {"ok": True}
+
+
+@async_api.post("/counter/transfer", dependencies=[transaction(retries=RETRY_POLICY)])
+async def transfer_retried(data: TransferIn, session: AsyncSessionDep) -> dict[str, bool]:
+    return await transfer(data, session)
+
+
+@async_api.post("/counter/transfer-once")
+async def transfer_once(data: TransferIn, session: AsyncSessionDep) -> dict[str, bool]:
+    return await transfer(data, session)
 
 
 @async_api.get("/slow-query", dependencies=[WITH_DEADLINE])
@@ -316,6 +339,23 @@ def increment_sync(data: BumpIn, session: SessionDep) -> dict[str, int]:
 @sync_api.post("/counter/increment-once", dependencies=[SERIALIZABLE_ONCE])
 def increment_once_sync(data: BumpIn, session: SessionDep) -> dict[str, int]:
     return bump_sync(data, session)
+
+
+def transfer_sync(data: TransferIn, session: Session) -> dict[str, bool]:
+    session.exec(add_one(data.first))
+    time.sleep(LOCK_WINDOW)  # the other request locks its first row meanwhile
+    session.exec(add_one(data.second))
+    return {"ok": True}
+
+
+@sync_api.post("/counter/transfer", dependencies=[transaction(retries=RETRY_POLICY)])
+def transfer_retried_sync(data: TransferIn, session: SessionDep) -> dict[str, bool]:
+    return transfer_sync(data, session)
+
+
+@sync_api.post("/counter/transfer-once")
+def transfer_once_sync(data: TransferIn, session: SessionDep) -> dict[str, bool]:
+    return transfer_sync(data, session)
 
 
 @sync_api.get("/slow-query", dependencies=[WITH_DEADLINE])

@@ -39,13 +39,14 @@ from portside_litestar import (
 )
 from portside_testing.conformance import ConformanceSuite
 from portside_testing.conformance.harness import (
+    LOCK_WINDOW,
     RACE_WINDOW,
     RETRY_POLICY,
     SLOW_QUERY_DEADLINE,
     Mode,
     runaway_statement,
 )
-from portside_testing.conformance.models import Child, Counter, Item
+from portside_testing.conformance.models import Child, Counter, Item, add_one
 
 MISSING_PARENT = 999_999
 
@@ -72,11 +73,18 @@ class BumpIn:
     by: int
 
 
+@dataclass
+class TransferIn:
+    first: int
+    second: int
+
+
 # Body() marks `data` as the JSON request body (Litestar 3 no longer infers it).
 NameBody = Annotated[NameIn, Body()]
 SlowBody = Annotated[SlowIn, Body()]
 HookedBody = Annotated[HookedIn, Body()]
 BumpBody = Annotated[BumpIn, Body()]
+TransferBody = Annotated[TransferIn, Body()]
 
 SERIALIZABLE = transaction(retries=RETRY_POLICY, isolation_level="SERIALIZABLE")
 SERIALIZABLE_ONCE = transaction(isolation_level="SERIALIZABLE")
@@ -273,6 +281,23 @@ async def increment_once(db_session: AsyncSessionDep, data: BumpBody) -> dict[st
     return await bump(db_session, data.by)
 
 
+async def transfer(session: AsyncSession, data: TransferIn) -> dict[str, bool]:
+    await session.exec(add_one(data.first))
+    await anyio.sleep(LOCK_WINDOW)  # the other request locks its first row meanwhile
+    await session.exec(add_one(data.second))
+    return {"ok": True}
+
+
+@post("/counter/transfer", opt=transaction(retries=RETRY_POLICY), status_code=200)
+async def transfer_retried(db_session: AsyncSessionDep, data: TransferBody) -> dict[str, bool]:
+    return await transfer(db_session, data)
+
+
+@post("/counter/transfer-once", status_code=200)
+async def transfer_once(db_session: AsyncSessionDep, data: TransferBody) -> dict[str, bool]:
+    return await transfer(db_session, data)
+
+
 @get("/slow-query", opt=WITH_DEADLINE)
 async def slow_query(db_session: AsyncSessionDep) -> dict[str, bool]:
     dialect = (await db_session.connection()).dialect.name
@@ -285,6 +310,8 @@ ASYNC_HANDLERS: list[ControllerRouterHandler] = [
     increment,
     increment_once,
     slow_query,
+    transfer_retried,
+    transfer_once,
     create_item,
     read_item,
     list_items,
@@ -437,6 +464,28 @@ def increment_once_sync(sync_db_session: SessionDep, data: BumpBody) -> dict[str
     return bump_sync(sync_db_session, data.by)
 
 
+def transfer_sync(session: Session, data: TransferIn) -> dict[str, bool]:
+    session.exec(add_one(data.first))
+    time.sleep(LOCK_WINDOW)  # the other request locks its first row meanwhile
+    session.exec(add_one(data.second))
+    return {"ok": True}
+
+
+@post(
+    "/counter/transfer",
+    opt=transaction(retries=RETRY_POLICY),
+    status_code=200,
+    sync_to_thread=True,
+)
+def transfer_retried_sync(sync_db_session: SessionDep, data: TransferBody) -> dict[str, bool]:
+    return transfer_sync(sync_db_session, data)
+
+
+@post("/counter/transfer-once", status_code=200, sync_to_thread=True)
+def transfer_once_sync(sync_db_session: SessionDep, data: TransferBody) -> dict[str, bool]:
+    return transfer_sync(sync_db_session, data)
+
+
 @get("/slow-query", opt=WITH_DEADLINE, sync_to_thread=True)
 def slow_query_sync(sync_db_session: SessionDep) -> dict[str, bool]:
     sync_db_session.exec(text(runaway_statement(sync_db_session.connection().dialect.name)))
@@ -448,6 +497,8 @@ SYNC_HANDLERS: list[ControllerRouterHandler] = [
     increment_sync,
     increment_once_sync,
     slow_query_sync,
+    transfer_retried_sync,
+    transfer_once_sync,
     create_item_sync,
     read_item_sync,
     list_items_sync,

@@ -35,13 +35,14 @@ from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
 from portside_starlette import get_lifecycle, install, transaction
 from portside_testing.conformance import ConformanceSuite
 from portside_testing.conformance.harness import (
+    LOCK_WINDOW,
     RACE_WINDOW,
     RETRY_POLICY,
     SLOW_QUERY_DEADLINE,
     Mode,
     runaway_statement,
 )
-from portside_testing.conformance.models import Child, Counter, Item
+from portside_testing.conformance.models import Child, Counter, Item, add_one
 
 MISSING_PARENT = 999_999
 
@@ -243,6 +244,15 @@ async def slow_query(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
+async def transfer(request: Request) -> JSONResponse:
+    data = await request.json()
+    session = await portside_starlette.async_session(request)
+    await session.exec(add_one(data["first"]))
+    await anyio.sleep(LOCK_WINDOW)  # the other request locks its first row meanwhile
+    await session.exec(add_one(data["second"]))
+    return JSONResponse({"ok": True})
+
+
 serializable = transaction(retries=RETRY_POLICY, isolation_level="SERIALIZABLE")
 serializable_once = transaction(isolation_level="SERIALIZABLE")
 with_deadline = transaction(deadline=SLOW_QUERY_DEADLINE)
@@ -264,6 +274,8 @@ async_routes: list[BaseRoute] = [
     Route("/counter/increment", serializable(bump), methods=["POST"]),
     Route("/counter/increment-once", serializable_once(bump), methods=["POST"]),
     Route("/slow-query", with_deadline(slow_query)),
+    Route("/counter/transfer", transaction(retries=RETRY_POLICY)(transfer), methods=["POST"]),
+    Route("/counter/transfer-once", transfer, methods=["POST"]),
 ]
 async_analytics: list[BaseRoute] = [Route("/analytics/count", count_analytics)]
 
@@ -408,6 +420,19 @@ async def bump_sync(request: Request) -> JSONResponse:
     return JSONResponse({"value": await run_in_threadpool(bump_blocking, session, by)})
 
 
+def transfer_blocking(session: Session, first: int, second: int) -> None:
+    session.exec(add_one(first))
+    time.sleep(LOCK_WINDOW)  # the other request locks its first row meanwhile
+    session.exec(add_one(second))
+
+
+async def transfer_sync(request: Request) -> JSONResponse:
+    data = await request.json()
+    session = await portside_starlette.session(request)
+    await run_in_threadpool(transfer_blocking, session, data["first"], data["second"])
+    return JSONResponse({"ok": True})
+
+
 def slow_query_sync(request: Request) -> JSONResponse:
     session = portside_starlette.session_from_thread(request)
     session.exec(text(runaway_statement(session.connection().dialect.name)))
@@ -431,6 +456,8 @@ sync_routes: list[BaseRoute] = [
     Route("/counter/increment", serializable(bump_sync), methods=["POST"]),
     Route("/counter/increment-once", serializable_once(bump_sync), methods=["POST"]),
     Route("/slow-query", with_deadline(slow_query_sync)),
+    Route("/counter/transfer", transaction(retries=RETRY_POLICY)(transfer_sync), methods=["POST"]),
+    Route("/counter/transfer-once", transfer_sync, methods=["POST"]),
 ]
 sync_analytics: list[BaseRoute] = [Route("/analytics/count", count_analytics_sync)]
 

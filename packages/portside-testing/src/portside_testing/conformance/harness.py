@@ -63,6 +63,12 @@ handlers are the framework's sync handlers, run in worker threads). ``Item`` and
                                             value + ``by``; 200 ``{"value": int}``
 ``POST /counter/increment-once`` ``{"by"}``  the same with ``transaction(isolation_level=
                                             "SERIALIZABLE")`` only: no retries
+``POST /counter/transfer``                  opted in with ``transaction(retries=RETRY_POLICY)``;
+``{"first": int, "second": int}``           add 1 to ``Counter`` ``first``, sleep
+                                            :data:`LOCK_WINDOW`, add 1 to ``second``
+                                            (two requests in opposite orders deadlock);
+                                            200 ``{"ok": true}``
+``POST /counter/transfer-once``             the same without ``transaction(...)``
 ``GET /slow-query``                         opted in with ``transaction(deadline=
                                             SLOW_QUERY_DEADLINE)``; runs
                                             :func:`runaway_statement` on the default
@@ -103,6 +109,8 @@ from portside import DatabaseSettings, Lifecycle, RetryPolicy
 RETRY_POLICY = RetryPolicy(attempts=50, backoff=0.005, max_backoff=0.1)
 #: Seconds ``/counter`` handlers wait between their read and their write.
 RACE_WINDOW = 0.02
+#: Seconds ``/counter/transfer`` holds its first row's lock before taking the second's.
+LOCK_WINDOW = 0.2
 #: The deadline of ``GET /slow-query``, in seconds.
 SLOW_QUERY_DEADLINE = 0.5
 

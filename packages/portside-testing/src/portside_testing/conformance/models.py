@@ -8,9 +8,9 @@ them. Table names carry a ``conformance_`` prefix for the same reason.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, ForeignKey, Integer, MetaData
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, Update, update
 from sqlalchemy.orm import registry
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 #: The registry (and so the metadata) of the conformance tables only.
 conformance_registry = registry(metadata=MetaData())
@@ -59,3 +59,8 @@ class Counter(ConformanceModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     value: int = 0
+
+
+def add_one(counter_id: int) -> Update:
+    """``UPDATE`` adding 1 to the counter ``counter_id`` (it locks that row)."""
+    return update(Counter).where(col(Counter.id) == counter_id).values(value=Counter.value + 1)

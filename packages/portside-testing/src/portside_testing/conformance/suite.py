@@ -803,6 +803,41 @@ class ConformanceSuite:
             assert await self._counter(app) == statuses.count(200)
             await app.assert_no_transaction_left_open()
 
+    async def _deadlock(self, app: RunningApp, path: str) -> list[Any]:
+        await app.run(lambda c: c.execute(insert(CounterRow), [{"id": 1}, {"id": 2}]))
+        responses: list[Any] = []
+
+        async def one(first: int, second: int) -> None:
+            body = {"first": first, "second": second}
+            responses.append(await app.request("POST", path, body))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(one, 1, 2)
+            group.start_soon(one, 2, 1)
+        return responses
+
+    async def _counters(self, app: RunningApp) -> list[int]:
+        statement = select(col(CounterRow.value)).order_by(col(CounterRow.id))
+        return await app.run(lambda c: [int(v) for v in c.execute(statement).scalars()])
+
+    async def test_a_deadlock_between_two_routes_is_retried(self, stage: Stage) -> None:
+        """Two requests locking two rows in opposite orders: with retries, both 2xx."""
+        async with stage.running() as app:
+            responses = await self._deadlock(app, "/counter/transfer")
+            assert [r.status for r in responses] == [200, 200], [r.text for r in responses]
+            assert await self._counters(app) == [2, 2]
+            await app.assert_no_transaction_left_open()
+
+    async def test_a_deadlock_without_the_opt_in_answers_409(self, stage: Stage) -> None:
+        """Without retries the deadlock's victim gets 409; only the winner's writes count."""
+        if stage.backend.kind != "postgresql":
+            pytest.skip("SQLite runs one writer at a time: two writers never deadlock")
+        async with stage.running() as app:
+            responses = await self._deadlock(app, "/counter/transfer-once")
+            assert sorted(r.status for r in responses) == [200, 409]
+            assert await self._counters(app) == [1, 1]
+            await app.assert_no_transaction_left_open()
+
     async def test_a_deadline_stops_a_runaway_query(self, stage: Stage) -> None:
         """The database stops the route's query at its deadline: 504, nothing left running."""
         async with stage.running() as app:
