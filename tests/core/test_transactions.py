@@ -6,7 +6,7 @@ import uuid
 
 import anyio
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 import portside
@@ -306,3 +306,35 @@ def test_retry_policy_validates() -> None:
         RetryPolicy.of(-1)
     policy = RetryPolicy(backoff=0.1, max_backoff=0.15)
     assert all(0 <= policy.delay(a) <= 0.15 for a in range(1, 6))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"reset_session_state": False}, {"pgbouncer": True}, {"pool_pre_ping": False}],
+    ids=["reset", "ping-only", "pgbouncer", "no-checkout-statement"],
+)
+async def test_postgresql_deadline_applies_and_never_outlives_its_unit(
+    postgresql_url: str, options: dict[str, bool]
+) -> None:
+    """The deadline is set for the unit (in the checkout's trip where possible), then gone."""
+    if options.get("pool_pre_ping") is False:
+        options = {**options, "reset_session_state": False}
+    settings = portside.DatabaseSettings(url=postgresql_url, pool_size=1, max_overflow=0, **options)
+    statements: list[str] = []
+    async with Lifecycle(settings) as lifecycle:
+        engine = lifecycle.database().async_engine.sync_engine
+        event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        for _ in range(2):
+            async with lifecycle.async_session(deadline=20) as session:
+                timeout = (await session.exec(text("SHOW statement_timeout"))).scalar_one()
+                lock = (await session.exec(text("SHOW lock_timeout"))).scalar_one()
+            assert timeout != "0", timeout
+            assert lock == timeout
+            async with lifecycle.async_session() as session:
+                after = (await session.exec(text("SHOW statement_timeout"))).scalar_one()
+            assert after == "0", "the deadline outlived its unit"
+    own_trip = [s for s in statements if "set_config" in s]
+    if options.get("pgbouncer") or options.get("pool_pre_ping") is False:
+        assert len(own_trip) == 2, "SET LOCAL in a round trip of its own"
+    else:
+        assert own_trip == [], "the deadline should ride on the checkout's round trip"

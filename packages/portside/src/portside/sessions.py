@@ -15,6 +15,7 @@ works, and SQLAlchemy-only models work too) with two additions:
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
@@ -46,6 +47,11 @@ _ON_EVENT_LOOP_MESSAGE = (
 )
 
 
+#: The deadline (``time.monotonic()``) of the unit whose session is checking out a
+#: connection right now, so that the checkout's own round trip can carry it.
+CHECKOUT_DEADLINE: ContextVar[float | None] = ContextVar("portside_checkout_deadline", default=None)
+
+
 class _EndableSession(_SQLModelSession):
     """A SQLModel ``Session`` that cannot be used after its unit of work ended."""
 
@@ -73,7 +79,13 @@ class _EndableSession(_SQLModelSession):
         # A statement in a transaction that add() began (outside the greenlet, so
         # without waiting) gets its connection here, still before any I/O.
         self._pass_gates()
-        return super()._connection_for_bind(engine, execution_options, **kw)
+        if self._portside_deadline is None:
+            return super()._connection_for_bind(engine, execution_options, **kw)
+        token = CHECKOUT_DEADLINE.set(self._portside_deadline)
+        try:
+            return super()._connection_for_bind(engine, execution_options, **kw)
+        finally:
+            CHECKOUT_DEADLINE.reset(token)
 
     def _pass_gates(self) -> None:
         hook = self._portside_before_first_statement

@@ -38,6 +38,8 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.util import await_
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
+from portside.deadlines import checkout_settings
+from portside.sessions import CHECKOUT_DEADLINE
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -84,14 +86,20 @@ def checkout_statement(settings: DatabaseSettings) -> str | None:
 
 def _configure(engine: Engine, settings: DatabaseSettings, *, asyncpg: bool) -> None:
     event.listen(engine, "handle_error", _read_only_is_a_disconnect)
-    statement = checkout_statement(settings)
-    if statement is None:
+    checkout = checkout_statement(settings)
+    if checkout is None:
         return
+    # Behind PgBouncer a session setting would reach other clients: SET LOCAL instead.
+    carries_deadline = not settings.pgbouncer
 
-    def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    def on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         # The driver's own execute with no arguments: the simple protocol, nothing
         # prepared (safe behind PgBouncer), outside any transaction. A failure makes
-        # the pool replace the connection, as pre-ping does.
+        # the pool replace the connection, as pre-ping does. The unit's deadline
+        # rides along (see portside.deadlines).
+        statement = checkout
+        if carries_deadline:
+            statement += checkout_settings(CHECKOUT_DEADLINE.get(), record.info)
         try:
             if asyncpg:
                 await_(dbapi_connection.driver_connection.execute(statement))
