@@ -53,7 +53,7 @@ from sqlmodel import col
 
 from portside import DatabaseSettings, Lifecycle, StartupError
 from portside_testing.asgi import AppRunner, Message, Response, ResponseStartHook
-from portside_testing.conformance.harness import ASGIApp, Harness, Mode
+from portside_testing.conformance.harness import SLOW_QUERY_DEADLINE, ASGIApp, Harness, Mode
 from portside_testing.conformance.models import Child, ConformanceModel, Item, metadata
 from portside_testing.conformance.models import Counter as CounterRow
 from portside_testing.on_commit import capture_on_commit
@@ -844,6 +844,20 @@ class ConformanceSuite:
             with anyio.fail_after(10):
                 response = await app.request("GET", "/slow-query")
             assert response.status == 504, response.text
+            await app.assert_no_transaction_left_open()
+            active = {p: s for p, s in (await app.backends()).items() if s == "active"}
+            assert not active, f"a query is still running on the server: {active}"
+
+    async def test_a_client_gone_during_a_runaway_query_leaves_nothing(self, stage: Stage) -> None:
+        """The client hangs up mid-query: the database stops it at the deadline, all clean.
+
+        ASGI servers keep running a request whose client left; the deadline is what
+        stops its query on the server.
+        """
+        async with stage.running() as app:
+            await app.runner.disconnect("GET", "/slow-query", after=0.1)
+            with anyio.fail_after(SLOW_QUERY_DEADLINE + 10):
+                await app.runner.wait_idle()
             await app.assert_no_transaction_left_open()
             active = {p: s for p, s in (await app.backends()).items() if s == "active"}
             assert not active, f"a query is still running on the server: {active}"
