@@ -393,8 +393,8 @@ class UnitOfWorkMiddleware:
             await self.app(scope, replay.receive, send_after_unit)
         except Exception as exc:
             await unit.finish(commit=False, run_hooks=False)
-            if not (started or replaced) and retries(exc):
-                discarded = True
+            if discarded or (not (started or replaced) and retries(exc)):
+                discarded = True  # this attempt is over, whatever it raised
             elif started or not is_database_unavailable(exc):
                 raise
             else:

@@ -234,15 +234,18 @@ class _NoEventLoopError(Exception):
     pass
 
 
+def _nothing() -> None:
+    pass
+
+
 def _await_from_thread(awaitable: Awaitable[Any]) -> None:
     async def wait() -> None:
         await awaitable
 
     try:
-        anyio.from_thread.run(wait)
+        anyio.from_thread.run_sync(_nothing)  # is there an event loop to hand it to?
     except RuntimeError as exc:
-        if "event loop" not in str(exc) and "portal" not in str(exc):
-            raise
         if inspect.iscoroutine(awaitable):
             awaitable.close()
         raise _NoEventLoopError from exc
+    anyio.from_thread.run(wait)
