@@ -164,7 +164,7 @@ class UnitOfWork:
         self.isolation_level = isolation_level
         self.deadline = deadline
         #: The retry policy of the code running this unit (``None``: no retries).
-        self.retry_policy = RetryPolicy.of(retries)
+        self.retry_policy = None if retries is None else RetryPolicy.of(retries)
         self._hooks: hooks.Hooks | None = None
         self._committed = False
         self._sync: dict[str, Session] = {}
@@ -377,13 +377,6 @@ class UnitOfWork:
         if self._ended:
             return
         self._ended = True
-        try:
-            await self._end(commit=commit)
-        finally:
-            if run_hooks and self._hooks is not None:
-                await self.run_hooks()
-
-    async def _end(self, *, commit: bool) -> None:
         committed = False
         done: list[str] = []
         try:
@@ -395,18 +388,22 @@ class UnitOfWork:
                 committed = True
         finally:
             self._committed = committed
-            if committed:
-                self._close_committed()
-            else:
-                with anyio.CancelScope(shield=True):
-                    await self._close_all()
-            if self._async:
-                # Let a unit waiting for a connection we just returned run before
-                # this task goes on: a task that ends units in a loop (a job worker,
-                # a benchmark's client) would otherwise take it back from the pool
-                # first, every time, and its waiters would wait until the loop ends.
-                # Async sessions mean asyncio, where this is the cheapest yield.
-                await asyncio.sleep(0)
+            try:
+                if committed:
+                    self._close_committed()
+                else:
+                    with anyio.CancelScope(shield=True):
+                        await self._close_all()
+                if self._async:
+                    # Let a unit waiting for a connection we just returned run before
+                    # this task goes on: a task that ends units in a loop (a job
+                    # worker, a benchmark's client) would otherwise take it back from
+                    # the pool first, every time, and its waiters would wait until the
+                    # loop ends. Async sessions mean asyncio: the cheapest yield.
+                    await asyncio.sleep(0)
+            finally:
+                if run_hooks and self._hooks is not None:
+                    await self.run_hooks()
 
     def _close_committed(self) -> None:
         """Close sessions whose commit succeeded: their connections are already back.

@@ -38,6 +38,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.util import await_
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
+from portside.deadlines import SESSION_TIMEOUT_SET as TIMEOUT_SET
 from portside.deadlines import checkout_settings
 from portside.sessions import CHECKOUT_DEADLINE
 
@@ -98,8 +99,10 @@ def _configure(engine: Engine, settings: DatabaseSettings, *, asyncpg: bool) -> 
         # the pool replace the connection, as pre-ping does. The unit's deadline
         # rides along (see portside.deadlines).
         statement = checkout
-        if carries_deadline:
-            statement += checkout_settings(CHECKOUT_DEADLINE.get(), record.info)
+        if carries_deadline and (
+            (deadline := CHECKOUT_DEADLINE.get()) is not None or record.info.get(TIMEOUT_SET)
+        ):
+            statement += checkout_settings(deadline, record.info)
         try:
             if asyncpg:
                 await_(dbapi_connection.driver_connection.execute(statement))
