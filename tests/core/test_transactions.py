@@ -353,3 +353,22 @@ async def test_postgresql_deadline_applies_and_never_outlives_its_unit(
         assert len(own_trip) == 2, "SET LOCAL in a round trip of its own"
     else:
         assert own_trip == [], "the deadline should ride on the checkout's round trip"
+
+
+async def test_sqlite_deadline_never_outlives_its_unit(make_settings: SettingsFactory) -> None:
+    """The progress handler goes with the connection back to the pool."""
+    settings = make_settings(pool_size=1, max_overflow=0)
+    if not (settings.url or "").startswith("sqlite"):
+        pytest.skip("PostgreSQL's equivalent is test_postgresql_deadline_applies_...")
+    async with Lifecycle(settings) as lifecycle:
+        async with lifecycle.async_session(deadline=0.1) as session:
+            await session.exec(text("SELECT 1"))
+        await anyio.sleep(0.2)  # that deadline has passed
+        async with lifecycle.async_session() as session:
+            count = await session.exec(
+                text(
+                    "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r "
+                    "WHERE i < 200000) SELECT count(*) FROM r"
+                )
+            )
+            assert count.scalar_one() == 200000

@@ -42,6 +42,8 @@ _MIN_MS = 1
 
 #: Connection-record flag: this checkout's round trip already set the deadline.
 APPLIED_AT_CHECKOUT = "portside_deadline_applied"
+#: Connection-record flag: a SQLite progress handler is set and must be removed.
+PROGRESS_HANDLER_SET = "portside_progress_handler_set"
 #: Connection-record flag: a session-level timeout is set and must be undone.
 SESSION_TIMEOUT_SET = "portside_session_timeout_set"
 
@@ -85,6 +87,7 @@ def _apply(connection: Connection, deadline: float) -> None:
         raw = sqlite_connection(connection.connection.driver_connection)
         if raw is not None:
             raw.set_progress_handler(lambda: time.monotonic() > deadline, _SQLITE_CHECK_EVERY)
+            connection.connection.info[PROGRESS_HANDLER_SET] = True
 
 
 def _after_begin(
@@ -95,11 +98,12 @@ def _after_begin(
         _apply(connection, deadline)
 
 
-def clear_sqlite(driver_connection: Any) -> None:
-    """Remove a deadline's progress handler (the connection goes back to the pool)."""
-    raw = sqlite_connection(driver_connection)
-    if raw is not None:
-        raw.set_progress_handler(None, 0)
+def clear_sqlite(driver_connection: Any, record_info: dict[str, Any]) -> None:
+    """Remove a deadline's progress handler, if any (the connection goes back to the pool)."""
+    if record_info.pop(PROGRESS_HANDLER_SET, False):
+        raw = sqlite_connection(driver_connection)
+        if raw is not None:
+            raw.set_progress_handler(None, 0)
 
 
 # Once, on the class: a session without a deadline costs one attribute check.

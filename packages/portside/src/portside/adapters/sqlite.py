@@ -107,14 +107,14 @@ def _install_defaults(
             cursor.close()
 
     @event.listens_for(engine, "reset")
-    def _on_reset(dbapi_connection: Any, _record: Any, _state: Any) -> None:
+    def _on_reset(dbapi_connection: Any, record: Any, _state: Any) -> None:
         # A COMMIT that SQLite refuses (a deferred constraint) leaves the transaction
         # open, and SQLAlchemy then skips its rollback-on-return: end it here, or the
         # next unit of work finds "cannot start a transaction within a transaction".
         raw = getattr(dbapi_connection, "_connection", dbapi_connection)  # aiosqlite's
         if raw.in_transaction:
             dbapi_connection.rollback()
-        clear_sqlite(raw)  # a unit's deadline ends with the unit
+        clear_sqlite(raw, record.info)  # a unit's deadline ends with the unit
 
     event.listen(engine, "handle_error", _refused_read_only_write)
 
