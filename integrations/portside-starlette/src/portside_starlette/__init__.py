@@ -223,14 +223,21 @@ def transaction(
     options = TransactionOptions(retries, isolation_level, deadline)
 
     def decorate(endpoint: Endpoint) -> Endpoint:
-        @functools.wraps(endpoint)
-        async def with_options(request: Request) -> Response:
-            options.apply(request.scope)
-            if inspect.iscoroutinefunction(endpoint):
+        if inspect.iscoroutinefunction(endpoint):
+
+            @functools.wraps(endpoint)
+            async def with_options(request: Request) -> Response:
+                options.apply(request.scope)
                 return cast(Response, await endpoint(request))
+
+            return with_options
+
+        @functools.wraps(endpoint)
+        async def in_thread_with_options(request: Request) -> Response:
+            options.apply(request.scope)
             return cast(Response, await run_in_threadpool(endpoint, request))
 
-        return with_options
+        return in_thread_with_options
 
     return decorate
 
