@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+import portside
 import portside_starlette
 from benchmarks import queries
 from benchmarks.contestant import AppBundle
@@ -65,26 +66,53 @@ def portside_app(database: BenchDatabase) -> AppBundle:
 
     No readiness route: every contestant serves the same three routes and no other.
     """
+    return _portside_app(database, transactions=False)
+
+
+def portside_transactions_app(database: BenchDatabase) -> AppBundle:
+    """:func:`portside_app` with every route using an after-commit callback and a deadline.
+
+    Each route is wrapped in ``transaction(deadline=30)`` (the database is told at
+    each transaction's start) and registers a no-op ``on_commit`` callback: what
+    "Transactions to build on" costs when used.
+    """
+    return _portside_app(database, transactions=True)
+
+
+def _after_commit() -> None:
+    pass
+
+
+def _portside_app(database: BenchDatabase, *, transactions: bool) -> AppBundle:
+    async def session_of(request: Request) -> AsyncSession:
+        session = await portside_starlette.async_session(request)
+        if transactions:
+            portside.on_commit(session, _after_commit)
+        return session
 
     async def read_item(request: Request) -> JSONResponse:
         item_id: int = request.path_params["item_id"]
-        session = await portside_starlette.async_session(request)
+        session = await session_of(request)
         item = await queries.read_item(session, item_id)
         if item is None:
             return _not_found(item_id)
         return JSONResponse(_one(item))
 
     async def list_items(request: Request) -> JSONResponse:
-        session = await portside_starlette.async_session(request)
+        session = await session_of(request)
         return JSONResponse(_many(await queries.list_items(session, _limit(request))))
 
     async def create_item(request: Request) -> JSONResponse:
         data = ItemCreate.model_validate_json(await request.body())
-        session = await portside_starlette.async_session(request)
+        session = await session_of(request)
         item = await queries.add_item(session, data)
         return JSONResponse(_one(item), status_code=201)
 
-    app = Starlette(routes=_routes(read_item, list_items, create_item))
+    endpoints: list[Any] = [read_item, list_items, create_item]
+    if transactions:
+        with_deadline = portside_starlette.transaction(deadline=30.0)
+        endpoints = [with_deadline(endpoint) for endpoint in endpoints]
+    app = Starlette(routes=_routes(*endpoints))
     portside_starlette.install(app, database.settings, readiness_path=None)
 
     def engine(_state: dict[str, Any]) -> AsyncEngine:

@@ -120,6 +120,15 @@ def roster() -> list[Contestant]:
                 )
             )
     entries.append(
+        (
+            "starlette-portside-transactions",
+            "starlette",
+            "portside",
+            "benchmarks.apps_starlette",
+            "portside_transactions_app",
+        )
+    )
+    entries.append(
         (AA_COPY, "fastapi", "handwritten", "benchmarks.apps_fastapi", "handwritten_app")
     )
     contestants = [

@@ -26,10 +26,11 @@ from fastapi import (
 )
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel
-from sqlalchemy import func, insert
+from sqlalchemy import func, insert, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+import portside
 from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
 from portside_fastapi import (
     AsyncSessionDep,
@@ -39,11 +40,19 @@ from portside_fastapi import (
     get_lifecycle,
     install,
     session_dependency,
+    transaction,
     use_primary,
 )
 from portside_testing.conformance import ConformanceSuite, ReplicaConformanceSuite
-from portside_testing.conformance.harness import Mode
-from portside_testing.conformance.models import Child, Item
+from portside_testing.conformance.harness import (
+    LOCK_WINDOW,
+    RACE_WINDOW,
+    RETRY_POLICY,
+    SLOW_QUERY_DEADLINE,
+    Mode,
+    runaway_statement,
+)
+from portside_testing.conformance.models import Child, Counter, Item, add_one
 
 MISSING_PARENT = 999_999
 #: Whether the server that answers is a standby (the replica scenarios' probe).
@@ -59,6 +68,31 @@ UncachedSyncSessionDep = Annotated[Session, Depends(session_dependency(), use_ca
 
 class NameIn(BaseModel):
     name: str
+
+
+class HookedIn(BaseModel):
+    name: str
+    status: int
+
+
+class BumpIn(BaseModel):
+    by: int
+
+
+class TransferIn(BaseModel):
+    first: int
+    second: int
+
+
+SERIALIZABLE = transaction(retries=RETRY_POLICY, isolation_level="SERIALIZABLE")
+SERIALIZABLE_ONCE = transaction(isolation_level="SERIALIZABLE")
+WITH_DEADLINE = transaction(deadline=SLOW_QUERY_DEADLINE)
+
+
+def register_callbacks(request: Request, session: Session | AsyncSession, name: str) -> None:
+    events: list[str] = request.app.state.hook_events
+    portside.on_commit(session, lambda: events.append(f"commit:{name}"))
+    portside.on_rollback(session, lambda: events.append(f"rollback:{name}"))
 
 
 class SlowIn(BaseModel):
@@ -124,6 +158,56 @@ BackgroundResults = Annotated[list[str], Depends(background_results)]
 # -- async endpoints -----------------------------------------------------------------
 
 async_api = APIRouter()
+
+
+@async_api.post("/items/hooked")
+async def create_hooked(data: HookedIn, request: Request, session: AsyncSessionDep) -> JSONResponse:
+    item = await add_item(session, data.name)
+    register_callbacks(request, session, data.name)
+    return JSONResponse({"id": item.id, "name": item.name}, status_code=data.status)
+
+
+async def bump(data: BumpIn, session: AsyncSession) -> dict[str, int]:
+    counter = await session.get(Counter, 1)
+    assert counter is not None
+    await anyio.sleep(RACE_WINDOW)  # others read the same value meanwhile
+    counter.value += data.by
+    await session.flush()
+    return {"value": counter.value}
+
+
+@async_api.post("/counter/increment", dependencies=[SERIALIZABLE])
+async def increment(data: BumpIn, session: AsyncSessionDep) -> dict[str, int]:
+    return await bump(data, session)
+
+
+@async_api.post("/counter/increment-once", dependencies=[SERIALIZABLE_ONCE])
+async def increment_once(data: BumpIn, session: AsyncSessionDep) -> dict[str, int]:
+    return await bump(data, session)
+
+
+async def transfer(data: TransferIn, session: AsyncSession) -> dict[str, bool]:
+    await session.exec(add_one(data.first))
+    await anyio.sleep(LOCK_WINDOW)  # the other request locks its first row meanwhile
+    await session.exec(add_one(data.second))
+    return {"ok": True}
+
+
+@async_api.post("/counter/transfer", dependencies=[transaction(retries=RETRY_POLICY)])
+async def transfer_retried(data: TransferIn, session: AsyncSessionDep) -> dict[str, bool]:
+    return await transfer(data, session)
+
+
+@async_api.post("/counter/transfer-once")
+async def transfer_once(data: TransferIn, session: AsyncSessionDep) -> dict[str, bool]:
+    return await transfer(data, session)
+
+
+@async_api.get("/slow-query", dependencies=[WITH_DEADLINE])
+async def slow_query(session: AsyncSessionDep) -> dict[str, bool]:
+    dialect = (await session.connection()).dialect.name
+    await session.exec(text(runaway_statement(dialect)))
+    return {"ok": True}
 
 
 async def add_item(session: AsyncSession, name: str) -> Item:
@@ -248,6 +332,55 @@ async def count_analytics(session: AnalyticsSessionDep) -> dict[str, int]:
 # -- sync endpoints: the same, as `def` endpoints run in worker threads ---------------
 
 sync_api = APIRouter()
+
+
+@sync_api.post("/items/hooked")
+def create_hooked_sync(data: HookedIn, request: Request, session: SessionDep) -> JSONResponse:
+    item = add_item_sync(session, data.name)
+    register_callbacks(request, session, data.name)
+    return JSONResponse({"id": item.id, "name": item.name}, status_code=data.status)
+
+
+def bump_sync(data: BumpIn, session: Session) -> dict[str, int]:
+    counter = session.get(Counter, 1)
+    assert counter is not None
+    time.sleep(RACE_WINDOW)  # others read the same value meanwhile
+    counter.value += data.by
+    session.flush()
+    return {"value": counter.value}
+
+
+@sync_api.post("/counter/increment", dependencies=[SERIALIZABLE])
+def increment_sync(data: BumpIn, session: SessionDep) -> dict[str, int]:
+    return bump_sync(data, session)
+
+
+@sync_api.post("/counter/increment-once", dependencies=[SERIALIZABLE_ONCE])
+def increment_once_sync(data: BumpIn, session: SessionDep) -> dict[str, int]:
+    return bump_sync(data, session)
+
+
+def transfer_sync(data: TransferIn, session: Session) -> dict[str, bool]:
+    session.exec(add_one(data.first))
+    time.sleep(LOCK_WINDOW)  # the other request locks its first row meanwhile
+    session.exec(add_one(data.second))
+    return {"ok": True}
+
+
+@sync_api.post("/counter/transfer", dependencies=[transaction(retries=RETRY_POLICY)])
+def transfer_retried_sync(data: TransferIn, session: SessionDep) -> dict[str, bool]:
+    return transfer_sync(data, session)
+
+
+@sync_api.post("/counter/transfer-once")
+def transfer_once_sync(data: TransferIn, session: SessionDep) -> dict[str, bool]:
+    return transfer_sync(data, session)
+
+
+@sync_api.get("/slow-query", dependencies=[WITH_DEADLINE])
+def slow_query_sync(session: SessionDep) -> dict[str, bool]:
+    session.exec(text(runaway_statement(session.connection().dialect.name)))
+    return {"ok": True}
 
 
 def add_item_sync(session: Session, name: str) -> Item:
@@ -376,6 +509,7 @@ class FastAPIHarness:
 
     def __init__(self) -> None:
         self.background_results: list[str] = []
+        self.hook_events: list[str] = []
 
     def build_app(
         self, databases: DatabaseSettings | Mapping[str, DatabaseSettings], mode: Mode
@@ -383,6 +517,7 @@ class FastAPIHarness:
         app = FastAPI()
         install(app, databases)
         app.state.background_results = self.background_results
+        app.state.hook_events = self.hook_events
         app.state.mode = mode
         app.include_router(common)
         app.include_router(sync_api if mode == "sync" else async_api)

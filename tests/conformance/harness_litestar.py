@@ -21,10 +21,11 @@ from litestar.exceptions import HTTPException, NotFoundException, WebSocketDisco
 from litestar.params import Body, FromPath
 from litestar.response import Redirect, Response
 from litestar.types import ControllerRouterHandler
-from sqlalchemy import func, insert
+from sqlalchemy import func, insert, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+import portside
 from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
 from portside_litestar import (
     AsyncSessionDep,
@@ -34,11 +35,19 @@ from portside_litestar import (
     async_session_dependency,
     get_lifecycle,
     session_dependency,
+    transaction,
     use_primary,
 )
 from portside_testing.conformance import ConformanceSuite, ReplicaConformanceSuite
-from portside_testing.conformance.harness import Mode
-from portside_testing.conformance.models import Child, Item
+from portside_testing.conformance.harness import (
+    LOCK_WINDOW,
+    RACE_WINDOW,
+    RETRY_POLICY,
+    SLOW_QUERY_DEADLINE,
+    Mode,
+    runaway_statement,
+)
+from portside_testing.conformance.models import Child, Counter, Item, add_one
 
 #: Whether the server that answers is a standby (the replica scenarios' probe).
 IN_RECOVERY = func.pg_is_in_recovery()
@@ -57,9 +66,39 @@ class SlowIn:
     seconds: float
 
 
+@dataclass
+class HookedIn:
+    name: str
+    status: int
+
+
+@dataclass
+class BumpIn:
+    by: int
+
+
+@dataclass
+class TransferIn:
+    first: int
+    second: int
+
+
 # Body() marks `data` as the JSON request body (Litestar 3 no longer infers it).
 NameBody = Annotated[NameIn, Body()]
 SlowBody = Annotated[SlowIn, Body()]
+HookedBody = Annotated[HookedIn, Body()]
+BumpBody = Annotated[BumpIn, Body()]
+TransferBody = Annotated[TransferIn, Body()]
+
+SERIALIZABLE = transaction(retries=RETRY_POLICY, isolation_level="SERIALIZABLE")
+SERIALIZABLE_ONCE = transaction(isolation_level="SERIALIZABLE")
+WITH_DEADLINE = transaction(deadline=SLOW_QUERY_DEADLINE)
+
+
+def register_callbacks(state: State, session: Session | AsyncSession, name: str) -> None:
+    events: list[str] = state.hook_events
+    portside.on_commit(session, lambda: events.append(f"commit:{name}"))
+    portside.on_rollback(session, lambda: events.append(f"rollback:{name}"))
 
 
 def as_json(item: Item) -> dict[str, Any]:
@@ -236,7 +275,65 @@ async def replica_write(db_session: AsyncSessionDep) -> dict[str, int]:
     return {"id": (await add_item(db_session, "written-on-a-get")).id or 0}
 
 
+@post("/items/hooked")
+async def create_hooked(
+    db_session: AsyncSessionDep, data: HookedBody, state: State
+) -> Response[dict[str, Any]]:
+    item = await add_item(db_session, data.name)
+    register_callbacks(state, db_session, data.name)
+    return Response(as_json(item), status_code=data.status)
+
+
+async def bump(session: AsyncSession, by: int) -> dict[str, int]:
+    counter = await session.get(Counter, 1)
+    assert counter is not None
+    await anyio.sleep(RACE_WINDOW)  # others read the same value meanwhile
+    counter.value += by
+    await session.flush()
+    return {"value": counter.value}
+
+
+@post("/counter/increment", opt=SERIALIZABLE, status_code=200)
+async def increment(db_session: AsyncSessionDep, data: BumpBody) -> dict[str, int]:
+    return await bump(db_session, data.by)
+
+
+@post("/counter/increment-once", opt=SERIALIZABLE_ONCE, status_code=200)
+async def increment_once(db_session: AsyncSessionDep, data: BumpBody) -> dict[str, int]:
+    return await bump(db_session, data.by)
+
+
+async def transfer(session: AsyncSession, data: TransferIn) -> dict[str, bool]:
+    await session.exec(add_one(data.first))
+    await anyio.sleep(LOCK_WINDOW)  # the other request locks its first row meanwhile
+    await session.exec(add_one(data.second))
+    return {"ok": True}
+
+
+@post("/counter/transfer", opt=transaction(retries=RETRY_POLICY), status_code=200)
+async def transfer_retried(db_session: AsyncSessionDep, data: TransferBody) -> dict[str, bool]:
+    return await transfer(db_session, data)
+
+
+@post("/counter/transfer-once", status_code=200)
+async def transfer_once(db_session: AsyncSessionDep, data: TransferBody) -> dict[str, bool]:
+    return await transfer(db_session, data)
+
+
+@get("/slow-query", opt=WITH_DEADLINE)
+async def slow_query(db_session: AsyncSessionDep) -> dict[str, bool]:
+    dialect = (await db_session.connection()).dialect.name
+    await db_session.exec(text(runaway_statement(dialect)))
+    return {"ok": True}
+
+
 ASYNC_HANDLERS: list[ControllerRouterHandler] = [
+    create_hooked,
+    increment,
+    increment_once,
+    slow_query,
+    transfer_retried,
+    transfer_once,
     replica_where,
     replica_primary,
     replica_write,
@@ -382,7 +479,69 @@ def replica_write_sync(sync_db_session: SessionDep) -> dict[str, int]:
     return {"id": add_item_sync(sync_db_session, "written-on-a-get").id or 0}
 
 
+@post("/items/hooked", sync_to_thread=True)
+def create_hooked_sync(
+    sync_db_session: SessionDep, data: HookedBody, state: State
+) -> Response[dict[str, Any]]:
+    item = add_item_sync(sync_db_session, data.name)
+    register_callbacks(state, sync_db_session, data.name)
+    return Response(as_json(item), status_code=data.status)
+
+
+def bump_sync(session: Session, by: int) -> dict[str, int]:
+    counter = session.get(Counter, 1)
+    assert counter is not None
+    time.sleep(RACE_WINDOW)  # others read the same value meanwhile
+    counter.value += by
+    session.flush()
+    return {"value": counter.value}
+
+
+@post("/counter/increment", opt=SERIALIZABLE, status_code=200, sync_to_thread=True)
+def increment_sync(sync_db_session: SessionDep, data: BumpBody) -> dict[str, int]:
+    return bump_sync(sync_db_session, data.by)
+
+
+@post("/counter/increment-once", opt=SERIALIZABLE_ONCE, status_code=200, sync_to_thread=True)
+def increment_once_sync(sync_db_session: SessionDep, data: BumpBody) -> dict[str, int]:
+    return bump_sync(sync_db_session, data.by)
+
+
+def transfer_sync(session: Session, data: TransferIn) -> dict[str, bool]:
+    session.exec(add_one(data.first))
+    time.sleep(LOCK_WINDOW)  # the other request locks its first row meanwhile
+    session.exec(add_one(data.second))
+    return {"ok": True}
+
+
+@post(
+    "/counter/transfer",
+    opt=transaction(retries=RETRY_POLICY),
+    status_code=200,
+    sync_to_thread=True,
+)
+def transfer_retried_sync(sync_db_session: SessionDep, data: TransferBody) -> dict[str, bool]:
+    return transfer_sync(sync_db_session, data)
+
+
+@post("/counter/transfer-once", status_code=200, sync_to_thread=True)
+def transfer_once_sync(sync_db_session: SessionDep, data: TransferBody) -> dict[str, bool]:
+    return transfer_sync(sync_db_session, data)
+
+
+@get("/slow-query", opt=WITH_DEADLINE, sync_to_thread=True)
+def slow_query_sync(sync_db_session: SessionDep) -> dict[str, bool]:
+    sync_db_session.exec(text(runaway_statement(sync_db_session.connection().dialect.name)))
+    return {"ok": True}
+
+
 SYNC_HANDLERS: list[ControllerRouterHandler] = [
+    create_hooked_sync,
+    increment_sync,
+    increment_once_sync,
+    slow_query_sync,
+    transfer_retried_sync,
+    transfer_once_sync,
     replica_where_sync,
     replica_primary_sync,
     replica_write_sync,
@@ -408,6 +567,7 @@ class LitestarHarness:
 
     def __init__(self) -> None:
         self.background_results: list[str] = []
+        self.hook_events: list[str] = []
 
     def build_app(
         self, databases: DatabaseSettings | Mapping[str, DatabaseSettings], mode: Mode
@@ -430,7 +590,13 @@ class LitestarHarness:
             handlers,
             plugins=[PortsidePlugin(databases)],
             dependencies=dependencies,
-            state=State({"background_results": self.background_results, "mode": mode}),
+            state=State(
+                {
+                    "background_results": self.background_results,
+                    "hook_events": self.hook_events,
+                    "mode": mode,
+                }
+            ),
         )
 
     def lifecycle(self, app: Litestar) -> Lifecycle:

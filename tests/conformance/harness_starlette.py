@@ -17,7 +17,7 @@ from contextlib import suppress
 from typing import Any
 
 import anyio
-from sqlalchemy import func, insert
+from sqlalchemy import func, insert, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from starlette.applications import Starlette
@@ -29,12 +29,20 @@ from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+import portside
 import portside_starlette
 from portside import AsyncSession, DatabaseSettings, Lifecycle, Session
-from portside_starlette import get_lifecycle, install
+from portside_starlette import get_lifecycle, install, transaction
 from portside_testing.conformance import ConformanceSuite, ReplicaConformanceSuite
-from portside_testing.conformance.harness import Mode
-from portside_testing.conformance.models import Child, Item
+from portside_testing.conformance.harness import (
+    LOCK_WINDOW,
+    RACE_WINDOW,
+    RETRY_POLICY,
+    SLOW_QUERY_DEADLINE,
+    Mode,
+    runaway_statement,
+)
+from portside_testing.conformance.models import Child, Counter, Item, add_one
 
 MISSING_PARENT = 999_999
 #: Whether the server that answers is a standby (the replica scenarios' probe).
@@ -207,6 +215,50 @@ async def count_analytics(request: Request) -> JSONResponse:
     return JSONResponse({"count": count})
 
 
+def register_callbacks(request: Request, session: Session | AsyncSession, name: str) -> None:
+    events: list[str] = request.app.state.hook_events
+    portside.on_commit(session, lambda: events.append(f"commit:{name}"))
+    portside.on_rollback(session, lambda: events.append(f"rollback:{name}"))
+
+
+async def create_hooked(request: Request) -> JSONResponse:
+    data = await request.json()
+    item = await add_item(request)
+    register_callbacks(request, await portside_starlette.async_session(request), data["name"])
+    return JSONResponse(as_json(item), status_code=data["status"])
+
+
+async def bump(request: Request) -> JSONResponse:
+    by = (await request.json())["by"]
+    session = await portside_starlette.async_session(request)
+    counter = await session.get(Counter, 1)
+    assert counter is not None
+    await anyio.sleep(RACE_WINDOW)  # others read the same value meanwhile
+    counter.value += by
+    await session.flush()
+    return JSONResponse({"value": counter.value})
+
+
+async def slow_query(request: Request) -> JSONResponse:
+    session = await portside_starlette.async_session(request)
+    dialect = (await session.connection()).dialect.name
+    await session.exec(text(runaway_statement(dialect)))
+    return JSONResponse({"ok": True})
+
+
+async def transfer(request: Request) -> JSONResponse:
+    data = await request.json()
+    session = await portside_starlette.async_session(request)
+    await session.exec(add_one(data["first"]))
+    await anyio.sleep(LOCK_WINDOW)  # the other request locks its first row meanwhile
+    await session.exec(add_one(data["second"]))
+    return JSONResponse({"ok": True})
+
+
+serializable = transaction(retries=RETRY_POLICY, isolation_level="SERIALIZABLE")
+serializable_once = transaction(isolation_level="SERIALIZABLE")
+with_deadline = transaction(deadline=SLOW_QUERY_DEADLINE)
+
 async_routes: list[BaseRoute] = [
     Route("/items", create_item, methods=["POST"]),
     Route("/items", list_items),
@@ -220,6 +272,12 @@ async_routes: list[BaseRoute] = [
     Route("/items/slow", create_slowly, methods=["POST"]),
     Route("/items/background", create_then_background, methods=["POST"]),
     Route("/same-session", same_session),
+    Route("/items/hooked", create_hooked, methods=["POST"]),
+    Route("/counter/increment", serializable(bump), methods=["POST"]),
+    Route("/counter/increment-once", serializable_once(bump), methods=["POST"]),
+    Route("/slow-query", with_deadline(slow_query)),
+    Route("/counter/transfer", transaction(retries=RETRY_POLICY)(transfer), methods=["POST"]),
+    Route("/counter/transfer-once", transfer, methods=["POST"]),
 ]
 
 
@@ -366,6 +424,47 @@ def count_analytics_sync(request: Request) -> JSONResponse:
     return JSONResponse({"count": session.exec(select(func.count()).select_from(Item)).one()})
 
 
+async def create_hooked_sync(request: Request) -> JSONResponse:
+    data = await request.json()
+    item = await add_item_in_thread(request)
+    register_callbacks(request, await portside_starlette.session(request), data["name"])
+    return JSONResponse(as_json(item), status_code=data["status"])
+
+
+def bump_blocking(session: Session, by: int) -> int:
+    counter = session.get(Counter, 1)
+    assert counter is not None
+    time.sleep(RACE_WINDOW)  # others read the same value meanwhile
+    counter.value += by
+    session.flush()
+    return counter.value
+
+
+async def bump_sync(request: Request) -> JSONResponse:
+    by = (await request.json())["by"]
+    session = await portside_starlette.session(request)
+    return JSONResponse({"value": await run_in_threadpool(bump_blocking, session, by)})
+
+
+def transfer_blocking(session: Session, first: int, second: int) -> None:
+    session.exec(add_one(first))
+    time.sleep(LOCK_WINDOW)  # the other request locks its first row meanwhile
+    session.exec(add_one(second))
+
+
+async def transfer_sync(request: Request) -> JSONResponse:
+    data = await request.json()
+    session = await portside_starlette.session(request)
+    await run_in_threadpool(transfer_blocking, session, data["first"], data["second"])
+    return JSONResponse({"ok": True})
+
+
+def slow_query_sync(request: Request) -> JSONResponse:
+    session = portside_starlette.session_from_thread(request)
+    session.exec(text(runaway_statement(session.connection().dialect.name)))
+    return JSONResponse({"ok": True})
+
+
 sync_routes: list[BaseRoute] = [
     Route("/items", create_item_sync, methods=["POST"]),
     Route("/items", list_items_sync),
@@ -379,6 +478,12 @@ sync_routes: list[BaseRoute] = [
     Route("/items/slow", create_slowly_sync, methods=["POST"]),
     Route("/items/background", create_then_background_sync, methods=["POST"]),
     Route("/same-session", same_session_sync),
+    Route("/items/hooked", create_hooked_sync, methods=["POST"]),
+    Route("/counter/increment", serializable(bump_sync), methods=["POST"]),
+    Route("/counter/increment-once", serializable_once(bump_sync), methods=["POST"]),
+    Route("/slow-query", with_deadline(slow_query_sync)),
+    Route("/counter/transfer", transaction(retries=RETRY_POLICY)(transfer_sync), methods=["POST"]),
+    Route("/counter/transfer-once", transfer_sync, methods=["POST"]),
 ]
 
 
@@ -412,6 +517,7 @@ class StarletteHarness:
 
     def __init__(self) -> None:
         self.background_results: list[str] = []
+        self.hook_events: list[str] = []
 
     def build_app(
         self, databases: DatabaseSettings | Mapping[str, DatabaseSettings], mode: Mode
@@ -422,6 +528,7 @@ class StarletteHarness:
         app = Starlette(routes=routes)
         install(app, databases)
         app.state.background_results = self.background_results
+        app.state.hook_events = self.hook_events
         app.state.mode = mode
         return app
 

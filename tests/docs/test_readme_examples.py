@@ -187,6 +187,14 @@ def test_the_core_example_runs(tmp_path: Path) -> None:
     assert (tmp_path / "app.db").is_file()
 
 
+def test_the_transactions_example_runs(tmp_path: Path) -> None:
+    output = run_script(readme_block("## Transactions to build on"), tmp_path)
+    assert "committed: tell the world" in output
+    assert "never printed" not in output
+    assert "value 1" in output
+    assert "stopped: OperationalError" in output
+
+
 def test_the_scripts_example_runs_without_an_event_loop(tmp_path: Path) -> None:
     text = README.read_text()
     scripts = text[text.index("**Scripts and CLIs.**") :]

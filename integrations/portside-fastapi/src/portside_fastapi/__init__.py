@@ -58,7 +58,8 @@ from fastapi.responses import JSONResponse
 import portside
 import portside_starlette
 from portside import AsyncSession, Databases, Lifecycle, Session
-from portside.asgi import lifecycle_from_state, unit_of_work_from_scope
+from portside.asgi import TransactionOptions, lifecycle_from_state, unit_of_work_from_scope
+from portside.retries import Retries
 
 __all__ = [
     "AsyncSessionDep",
@@ -69,6 +70,7 @@ __all__ = [
     "install",
     "readiness",
     "session_dependency",
+    "transaction",
     "use_primary",
 ]
 
@@ -171,6 +173,30 @@ def use_primary(connection: HTTPConnection) -> None:
     Nothing changes for a database without replicas.
     """
     portside_starlette.use_primary(connection)
+
+
+def transaction(
+    *,
+    retries: Retries = None,
+    isolation_level: str | None = None,
+    deadline: float | None = None,
+) -> Any:
+    """A route dependency giving the request's unit of work these options.
+
+    ``@app.post("/counter", dependencies=[transaction(retries=3, isolation_level=
+    "SERIALIZABLE")])``: a route's ``dependencies`` run before its parameters'
+    (sessions included), so the options apply from the unit's first statement.
+    ``retries`` (a :class:`~portside.RetryPolicy` or a number of retries) reruns the
+    route, with the request body replayed, when its unit lost a race (serialization
+    failure, deadlock) before the response started; ``isolation_level`` applies to
+    its transactions; ``deadline`` (seconds) replaces ``DATABASE_DEADLINE``.
+    """
+    options = TransactionOptions(retries, isolation_level, deadline)
+
+    async def portside_transaction(connection: HTTPConnection) -> None:
+        options.apply(connection.scope)
+
+    return Depends(portside_transaction)
 
 
 async def readiness(lifecycle: LifecycleDep) -> JSONResponse:

@@ -64,16 +64,17 @@ from portside import (
     Lifecycle,
     LifecycleStateError,
     Session,
-    is_database_unavailable,
     readiness,
 )
 from portside.asgi import (
     DATABASE_ERRORS,
     LIFECYCLE_STATE_KEY,
+    TransactionOptions,
     UnitOfWorkMiddleware,
-    error_reply,
+    answer_database_error,
     unit_of_work_from_scope,
 )
+from portside.retries import Retries
 
 __all__ = [
     "AsyncSessionDep",
@@ -83,6 +84,7 @@ __all__ = [
     "async_session_dependency",
     "get_lifecycle",
     "session_dependency",
+    "transaction",
     "use_primary",
 ]
 
@@ -161,10 +163,39 @@ async def _provide_lifecycle(scope: Scope) -> Lifecycle:
     return get_lifecycle(scope["litestar_app"])
 
 
+#: The key of a route handler's ``opt`` that :func:`transaction` fills.
+_OPT_KEY = "portside_transaction"
+
+
+def transaction(
+    *,
+    retries: Retries = None,
+    isolation_level: str | None = None,
+    deadline: float | None = None,
+) -> dict[str, Any]:
+    """A route handler's ``opt`` giving its request's unit of work these options.
+
+    ``@post("/counter", opt=transaction(retries=3, isolation_level="SERIALIZABLE"))``.
+    ``retries`` (a :class:`~portside.RetryPolicy` or a number of retries) reruns the
+    handler, with the request body replayed, when its unit lost a race
+    (serialization failure, deadlock) before the response started;
+    ``isolation_level`` applies to its transactions; ``deadline`` (seconds) replaces
+    ``DATABASE_DEADLINE``. Merge it with other options: ``opt={**transaction(...), ...}``.
+    """
+    return {_OPT_KEY: TransactionOptions(retries, isolation_level, deadline)}
+
+
+def _route_options(scope: MutableMapping[str, Any]) -> TransactionOptions | None:
+    # Litestar runs app middleware after routing: the handler is known here.
+    handler = scope.get("route_handler")
+    options = handler.opt.get(_OPT_KEY) if handler is not None else None
+    return options if isinstance(options, TransactionOptions) else None
+
+
 def _database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """The database's failure (503/409/504) answered; anything else as Litestar would."""
-    if is_database_unavailable(exc):
-        reply = error_reply(exc, instead_of="an error the app raised")
+    reply = answer_database_error(cast("MutableMapping[str, Any]", request.scope), exc)
+    if reply is not None:
         return Response(reply.body, status_code=reply.status, headers=reply.headers)
     if (fallback := request.app.exception_handlers.get(500)) is not None:
         return fallback(request, exc)
@@ -236,6 +267,7 @@ class PortsidePlugin(InitPlugin):
                 UnitOfWorkMiddleware,  # type: ignore[arg-type]  # plain-mapping ASGI types
                 lifecycle=_lifecycle_of_scope,
                 commit_redirects=self.commit_redirects,
+                options=_route_options,
             ),
         )
         for exc_type in DATABASE_ERRORS:

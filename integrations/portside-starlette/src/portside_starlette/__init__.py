@@ -44,14 +44,17 @@ raises :class:`~portside.BlockingSessionError`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio.from_thread
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 import portside
 from portside import (
@@ -60,17 +63,18 @@ from portside import (
     Lifecycle,
     LifecycleStateError,
     Session,
-    is_database_unavailable,
 )
 from portside.asgi import (
     DATABASE_ERRORS,
     LifecycleLifespan,
+    TransactionOptions,
     UnitOfWorkMiddleware,
-    error_reply,
+    answer_database_error,
     lifecycle_from_state,
     lifespan_state,
     unit_of_work_from_scope,
 )
+from portside.retries import Retries
 
 __all__ = [
     "async_session",
@@ -79,6 +83,7 @@ __all__ = [
     "readiness",
     "session",
     "session_from_thread",
+    "transaction",
     "use_primary",
 ]
 
@@ -87,6 +92,8 @@ AppT = TypeVar("AppT", bound=Starlette)
 Lifespan = Callable[[AppT, Lifecycle], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 
 _APP_STATE_KEY = "portside_lifecycle"
+#: A Starlette endpoint function: ``async def`` or ``def``, taking the request.
+Endpoint = Callable[[Request], Awaitable[Response] | Response]
 
 
 def install(
@@ -209,9 +216,46 @@ async def readiness(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=status_code)
 
 
+def transaction(
+    *,
+    retries: Retries = None,
+    isolation_level: str | None = None,
+    deadline: float | None = None,
+) -> Callable[[Endpoint], Endpoint]:
+    """Decorate an endpoint to give its request's unit of work these options.
+
+    ``Route("/counter", transaction(retries=3, isolation_level="SERIALIZABLE")(bump))``.
+    ``retries`` (a :class:`~portside.RetryPolicy` or a number of retries) reruns the
+    endpoint, with the request body replayed, when its unit lost a race
+    (serialization failure, deadlock) before the response started;
+    ``isolation_level`` applies to its transactions; ``deadline`` (seconds) replaces
+    ``DATABASE_DEADLINE``. A ``def`` endpoint still runs in a worker thread.
+    """
+    options = TransactionOptions(retries, isolation_level, deadline)
+
+    def decorate(endpoint: Endpoint) -> Endpoint:
+        if inspect.iscoroutinefunction(endpoint):
+
+            @functools.wraps(endpoint)
+            async def with_options(request: Request) -> Response:
+                options.apply(request.scope)
+                return cast(Response, await endpoint(request))
+
+            return with_options
+
+        @functools.wraps(endpoint)
+        async def in_thread_with_options(request: Request) -> Response:
+            options.apply(request.scope)
+            return cast(Response, await run_in_threadpool(endpoint, request))
+
+        return in_thread_with_options
+
+    return decorate
+
+
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     """The database's failure (503/409/504) answered; a bug goes on to the 500 handler."""
-    if not is_database_unavailable(exc):
+    reply = answer_database_error(request.scope, exc)
+    if reply is None:
         raise exc
-    reply = error_reply(exc, instead_of="an error the app raised")
     return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)

@@ -13,6 +13,8 @@ itself:
   lifecycles commit, and :class:`LifecycleRecorder`, the one that only records them;
 - :func:`check_for_leaks` / :func:`find_leaks` and :class:`ConnectionLeakError`;
 - :class:`AppRunner`, the in-process ASGI driver (:class:`LifespanError`);
+- :func:`capture_on_commit` (:class:`CapturedCallbacks`), which lists after-commit
+  callbacks instead of running them (also the ``portside_on_commit`` fixture);
 - :class:`ConformanceSuite` and :class:`Harness`, for a framework integration's own
   conformance tests (imported on first use: they need pytest).
 """
@@ -33,6 +35,7 @@ from portside_testing.http_client import (
     open_sync_client,
 )
 from portside_testing.leaks import ConnectionLeakError, check_for_leaks, find_leaks
+from portside_testing.on_commit import CapturedCallbacks, capture_on_commit
 from portside_testing.outer_transaction import OuterTransaction
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ __all__ = [
     "AppRunner",
     "AsyncClient",
     "AsyncClientFactory",
+    "CapturedCallbacks",
     "Client",
     "ClientFactory",
     "ConformanceSuite",
@@ -53,6 +57,7 @@ __all__ = [
     "Response",
     "SyncClient",
     "SyncClientFactory",
+    "capture_on_commit",
     "check_for_leaks",
     "find_leaks",
     "open_async_client",

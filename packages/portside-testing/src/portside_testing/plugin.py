@@ -35,6 +35,9 @@ every test that asks for them:
 ``portside_database_env``
     ``DATABASE_URL``/``DATABASE_ASYNC_URL`` point at the test database for the test
     (the client fixture uses it, so apps reading ``DATABASE_*`` find the test database).
+``portside_on_commit``
+    The after-commit callbacks units registered during the test, captured
+    instead of run (:func:`~portside_testing.capture_on_commit`).
 ``portside_lifecycle``, ``portside_async_session``, ``portside_session``
     A started lifecycle and sessions on it, for tests of code without an app.
 
@@ -74,6 +77,7 @@ from portside_testing.http_client import (
 )
 from portside_testing.leaks import check_for_leaks
 from portside_testing.migrations import migrate_template
+from portside_testing.on_commit import CapturedCallbacks, capture_on_commit
 from portside_testing.outer_transaction import OuterTransaction
 from portside_testing.tables import TableRegistry
 from portside_testing.worker_databases import WorkerDatabases, clone_url
@@ -414,6 +418,17 @@ def portside_sync_client(
     with OuterTransaction() as outer:
         request.node.stash[_TRANSACTION] = outer
         yield open_sync_client
+
+
+@pytest.fixture
+def portside_on_commit() -> Iterator[CapturedCallbacks]:
+    """The after-commit callbacks registered during the test, captured instead of run.
+
+    Assert on them, and ``await portside_on_commit.run()`` to run them (see
+    :func:`portside_testing.capture_on_commit`).
+    """
+    with capture_on_commit() as callbacks:
+        yield callbacks
 
 
 # -- a lifecycle and sessions of the test's own --------------------------------------

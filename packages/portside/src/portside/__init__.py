@@ -8,6 +8,7 @@ drained and disposed at shutdown. No web framework is imported here.
 
 import logging
 
+import portside.deadlines  # noqa: F401 - installs the deadline listener on sessions
 from portside.backends import Backend, register_backend
 from portside.binding import ConnectionBinding, current_binding, use_binding
 from portside.database import Database
@@ -30,10 +31,12 @@ from portside.errors import (
     is_database_unavailable,
 )
 from portside.health import DatabaseStatus, readiness
+from portside.hooks import on_commit, on_rollback
 from portside.lifecycle import Databases, Lifecycle
 from portside.pool_status import PoolStatus
 from portside.ports import AsyncSessionPort, SessionPort
 from portside.replicas import ReplicaState, ReplicaStatus
+from portside.retries import RetryPolicy
 from portside.serial_gate import SerialGate
 from portside.sessions import AsyncSession, Session
 from portside.settings import DatabaseSettings
@@ -69,6 +72,7 @@ __all__ = [
     "ReplicaState",
     "ReplicaStatus",
     "ReplicaWriteError",
+    "RetryPolicy",
     "SerialGate",
     "Session",
     "SessionPort",
@@ -81,6 +85,8 @@ __all__ = [
     "current_binding",
     "is_database_unavailable",
     "mask_url",
+    "on_commit",
+    "on_rollback",
     "readiness",
     "register_backend",
     "use_binding",

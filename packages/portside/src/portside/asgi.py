@@ -34,8 +34,9 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -50,6 +51,7 @@ from portside.errors import (
 )
 from portside.failures import classify
 from portside.lifecycle import Databases, Lifecycle
+from portside.retries import DEFAULT_MAX_BODY, Retries, RetryPolicy
 from portside.urls import scrub
 
 if TYPE_CHECKING:
@@ -98,6 +100,8 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (
     PortsideError,
     OSError,
 )
+#: Key of the database failure an integration answered (see :func:`record_failure`).
+FAILURE_KEY = "portside.failure"
 #: Methods whose units of work are hinted read-only (concurrent reads on SQLite).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
@@ -250,11 +254,98 @@ async def send_error(send: Send, exc: BaseException, *, instead_of: str) -> None
     await send({"type": "http.response.body", "body": payload})
 
 
+@dataclass(frozen=True, slots=True)
+class TransactionOptions:
+    """A route's opt-in: retries, isolation level and deadline of its unit of work.
+
+    Integrations build one from their ``transaction(...)`` and apply it with
+    :meth:`apply` before the route's code runs (see :meth:`UnitOfWork.configure`).
+    """
+
+    retries: Retries = None
+    isolation_level: str | None = None
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        RetryPolicy.of(self.retries)  # fails now, at import, rather than per request
+
+    def apply(self, scope: Scope) -> None:
+        """Configure the request's unit of work (from ``scope``) with these options."""
+        unit_of_work_from_scope(scope).configure(
+            retries=self.retries, isolation_level=self.isolation_level, deadline=self.deadline
+        )
+
+
+def record_failure(scope: Scope, exc: BaseException) -> None:
+    """Note that the request's database work failed with ``exc`` (its reply follows).
+
+    Integrations call it from the handlers that answer database errors, so that
+    the middleware can tell a 409 that lost a race (to retry, if the route opted
+    in) from any other.
+    """
+    scope[FAILURE_KEY] = exc
+
+
+def answer_database_error(scope: Scope, exc: BaseException) -> ErrorReply | None:
+    """The reply for a database's failure (recorded for retries); ``None`` for a bug."""
+    if not is_database_unavailable(exc):
+        return None
+    record_failure(scope, exc)
+    return error_reply(exc, instead_of="an error the app raised")
+
+
+class _Replay:
+    """The request body, kept as the app reads it, so that a retry can read it again.
+
+    Keeps up to ``limit`` bytes (references to the messages, no copies); a larger
+    body cannot be replayed, and its request is not retried.
+    """
+
+    __slots__ = ("_position", "_receive", "limit", "messages", "replayable", "size")
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive = receive
+        self.limit = limit
+        self.messages: list[Message] = []
+        self.size = 0
+        self.replayable = True
+        self._position = 0
+
+    async def receive(self) -> Message:
+        if self._position < len(self.messages):
+            message = self.messages[self._position]
+            self._position += 1
+            return message
+        message = await self._receive()
+        if self.replayable and message["type"] == "http.request":
+            self.size += len(message.get("body", b""))
+            if self.size > self.limit:
+                self.replayable = False
+                self.messages.clear()
+            else:
+                self.messages.append(message)
+                self._position += 1
+        return message
+
+    def rewind(self) -> None:
+        self._position = 0
+
+
 class UnitOfWorkMiddleware:
     """Pure ASGI middleware ending each request's unit of work before the response.
 
     ``lifecycle`` finds the running :class:`~portside.Lifecycle` for a request; the
-    default reads lifespan state, where the portside lifespans put it.
+    default reads lifespan state, where the portside lifespans put it. ``options``,
+    for frameworks whose middleware runs after routing, reads a route's
+    :class:`TransactionOptions` from the scope.
+
+    A request is run again, with a fresh unit of work and its body replayed, in two
+    cases, both only before its response started: a route that opted in to retries
+    (its unit's ``retry_policy``, set through the integration's ``transaction(...)``)
+    lost a race (serialization failure, deadlock), after a backoff; or a read-only
+    request's read replica failed, once, on the primary. After-commit and
+    after-rollback callbacks run once the response was sent. A unit that committed
+    a write on a database with replicas gives the client a consistency token.
     """
 
     def __init__(
@@ -263,9 +354,11 @@ class UnitOfWorkMiddleware:
         *,
         lifecycle: LifecycleLookup = lifecycle_from_state,
         commit_redirects: bool = True,
+        options: Callable[[Scope], TransactionOptions | None] | None = None,
     ) -> None:
         self.app = app
         self._lifecycle = lifecycle
+        self._options = options
         self._commit_below = 400 if commit_redirects else 300
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -275,96 +368,127 @@ class UnitOfWorkMiddleware:
             return
         lifecycle = self._lifecycle(scope)
         writes = scope["method"] not in SAFE_METHODS
-        if not lifecycle.has_replicas:
-            await self._attempt(
-                scope, receive, send, lifecycle.unit_of_work(writes=writes, request=scope)
+        positions = read_token(scope["headers"]) if lifecycle.has_replicas else None
+        # Kept for a retry: the scope before the app changed it, and the body it read.
+        pristine = dict(scope)
+        replay = _Replay(receive, DEFAULT_MAX_BODY)
+        attempt = 1
+        on_primary = False
+        while True:
+            unit = lifecycle.unit_of_work(writes=writes, positions=positions, request=scope)
+            if on_primary:
+                unit.use_primary()
+            scope[UNIT_OF_WORK_KEY] = unit
+            if self._options is not None and (options := self._options(scope)) is not None:
+                options.apply(scope)
+            again = await self._attempt(
+                scope,
+                replay,
+                send,
+                unit,
+                attempt,
+                token=positions or {},
+                replica_may_fail=lifecycle.has_replicas and not writes and not on_primary,
             )
-            return
-        positions = read_token(scope["headers"])
-        unit = lifecycle.unit_of_work(writes=writes, positions=positions, request=scope)
-        if writes:
-            await self._attempt(scope, receive, send, unit, token=positions or {})
-            return
-        received: list[Message] = []
+            if again is None:
+                return
+            if again == _ON_PRIMARY:
+                on_primary = True
+                logger.warning(
+                    "portside retries %s %s on the primary: its replica failed",
+                    scope["method"],
+                    scope.get("path", ""),
+                )
+            else:
+                await anyio.sleep(again.delay(attempt))
+                attempt += 1
+                logger.info("portside runs a request that lost a race again (attempt %d)", attempt)
+            scope = dict(pristine)
+            replay.rewind()
 
-        async def recording_receive() -> Message:
-            message = await receive()
-            received.append(message)
-            return message
-
-        token = positions or {}
-        if not await self._attempt(scope, recording_receive, send, unit, token=token, retry=True):
-            return
-        # Its replica failed before the response started: once more, on the primary.
-        logger.warning(
-            "portside retries %s %s on the primary: its replica failed",
-            scope["method"],
-            scope.get("path", ""),
-        )
-        replay = iter(received)
-
-        async def replaying_receive() -> Message:
-            return next(replay, None) or await receive()
-
-        retry = lifecycle.unit_of_work(writes=False, positions=positions, request=scope)
-        retry.use_primary()
-        del scope[UNIT_OF_WORK_KEY]
-        await self._attempt(scope, replaying_receive, send, retry, token=token)
-
-    async def _attempt(
+    async def _attempt(  # noqa: PLR0915 - one attempt's states, kept in one place
         self,
         scope: Scope,
-        receive: Receive,
+        replay: _Replay,
         send: Send,
         unit: UnitOfWork,
+        attempt: int,
         *,
-        token: Mapping[str, int] | None = None,
-        retry: bool = False,
-    ) -> bool:
-        """Run the app with ``unit``; ``True`` if its replica failed and nothing was sent.
-
-        Only with ``retry``: the response (or exception) of such an attempt is
-        dropped, for the caller to run the request again on the primary.
-        """
-        scope[UNIT_OF_WORK_KEY] = unit
+        token: Mapping[str, int],
+        replica_may_fail: bool,
+    ) -> RetryPolicy | Literal["primary"] | None:
+        """Run the app once; say how to run it again (a policy, or on the primary), if so."""
         started = False
         replaced = False
-        dropped = False
+        discarded = False
+        on_primary = False
+
+        def retries(exc: BaseException | None) -> bool:
+            """Whether this attempt lost a race that the route asked to retry."""
+            policy = unit.retry_policy
+            return (
+                exc is not None
+                and policy is not None
+                and replay.replayable
+                and replay.size <= policy.max_body
+                and policy.retries(exc, attempt)
+            )
+
+        def replica_failed() -> bool:
+            return replica_may_fail and replay.replayable and unit.replica_failed
 
         async def send_after_unit(message: Message) -> None:
-            nonlocal started, replaced, dropped
-            if replaced or dropped:
+            nonlocal started, replaced, discarded, on_primary
+            if replaced or discarded:
                 return  # the app's own response was replaced by an error, or is retried
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if retry and status >= 500 and unit.replica_failed:
-                    dropped = True
-                    await unit.finish(commit=False)
+                if status >= 500 and replica_failed():
+                    discarded = on_primary = True
+                    await unit.finish(commit=False, run_hooks=False)
                     return
-                started = True
                 try:
-                    await unit.finish(commit=status < self._commit_below)
+                    await unit.finish(commit=status < self._commit_below, run_hooks=False)
                 except Exception as exc:
+                    if retries(exc):
+                        discarded = True
+                        return
                     replaced = True
                     await send_error(send, exc, instead_of=f"the app's {status}")
                     return
+                if status >= self._commit_below and retries(scope.get(FAILURE_KEY)):
+                    discarded = True
+                    return
+                started = True
                 if unit.commit_positions:
-                    merged = dict(token or {})
+                    merged = dict(token)
                     for name, position in unit.commit_positions.items():
                         merged[name] = max(merged.get(name, position), position)
                     message["headers"] = [*message.get("headers", ()), *token_headers(merged)]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_after_unit)
+            await self.app(scope, replay.receive, send_after_unit)
         except Exception as exc:
-            await unit.finish(commit=False)
-            if retry and not started and unit.replica_failed:
-                return True
-            if started or not is_database_unavailable(exc):
+            await unit.finish(commit=False, run_hooks=False)
+            if discarded:
+                pass  # this attempt is over, whatever it raised
+            elif not (started or replaced) and replica_failed():
+                discarded = on_primary = True
+            elif not (started or replaced) and retries(exc):
+                discarded = True
+            elif started or not is_database_unavailable(exc):
                 raise
-            await send_error(send, exc, instead_of="an error the app raised")
+            else:
+                await send_error(send, exc, instead_of="an error the app raised")
         finally:
             if not unit.ended:  # the app returned without starting a response
-                await unit.finish(commit=False)
-        return dropped
+                await unit.finish(commit=False, run_hooks=False)
+            await unit.run_hooks()
+        if not discarded:
+            return None
+        return _ON_PRIMARY if on_primary else unit.retry_policy
+
+
+#: What :meth:`UnitOfWorkMiddleware._attempt` answers for "again, on the primary".
+_ON_PRIMARY: Literal["primary"] = "primary"

@@ -44,9 +44,14 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from portside.errors import GateDeadlockError, PortsideError, ShuttingDownError
+from portside.errors import (
+    GateDeadlockError,
+    PartialCommitError,
+    PortsideError,
+    ShuttingDownError,
+)
 
-__all__ = ["Failure", "Kind", "classify", "is_transient_at_startup"]
+__all__ = ["Failure", "Kind", "classify", "is_retryable_conflict", "is_transient_at_startup"]
 
 
 class Kind(enum.Enum):
@@ -248,3 +253,20 @@ def is_transient_at_startup(exc: BaseException) -> bool:
 def _mentions(exc: BaseException, fragments: tuple[str, ...]) -> bool:
     text = str(exc).lower()
     return any(fragment.lower() in text for fragment in fragments)
+
+
+#: SQLSTATEs after which the whole transaction, run again, may succeed.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def is_retryable_conflict(exc: BaseException) -> bool:
+    """Whether running the whole unit of work again may succeed: a lost race.
+
+    True for a serialization failure (40001), a deadlock (40P01) and two units
+    waiting for each other's SQLite writer turn; what opt-in retries retry.
+    """
+    if isinstance(exc, PartialCommitError):
+        return False  # running it again would repeat what did commit
+    if isinstance(exc, GateDeadlockError):
+        return True
+    return _sqlstate(list(_chain(exc))) in _RETRYABLE_SQLSTATES

@@ -49,6 +49,11 @@ class InFlight:
                 raise self._refusal()
             self._count += 1
 
+    def hold(self) -> None:
+        """Count work that must finish before shutdown, even once closed (callbacks)."""
+        with self._lock:
+            self._count += 1
+
     def leave(self) -> None:
         """One admitted unit has ended."""
         with self._lock:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self, TypeVar, cast
 
 import anyio
 import anyio.abc
@@ -29,6 +29,7 @@ from portside.errors import (
 from portside.event_loop import on_event_loop_thread
 from portside.health import DatabaseStatus
 from portside.in_flight import InFlight
+from portside.retries import Retries, RetryPolicy
 from portside.sessions import AsyncSession, Session
 from portside.settings import DatabaseSettings
 from portside.unit_of_work import UnitOfWork
@@ -36,6 +37,8 @@ from portside.unit_of_work import UnitOfWork
 __all__ = ["Databases", "Lifecycle"]
 
 logger = logging.getLogger("portside")
+
+T = TypeVar("T")
 
 #: What a lifecycle is built from: one database's settings (named ``"default"``), a
 #: mapping of names to settings (the first is the default), or ``None`` to read one
@@ -255,15 +258,18 @@ class Lifecycle:
         writes: bool = True,
         request: Mapping[str, Any] | None = None,
         positions: Mapping[str, int] | None = None,
+        isolation_level: str | None = None,
+        deadline: float | None = None,
+        retries: Retries = None,
     ) -> UnitOfWork:
-        """A new unit of work (see :class:`~portside.UnitOfWork`).
+        """A new unit of work (see :class:`~portside.UnitOfWork` for the options).
 
         Making one costs nothing and touches no pool; the lifecycle's state is
         checked when the unit opens its first session. ``request``: the ASGI scope
-        of the request it serves, whose route telemetry reports.
-        ``positions`` (database name
-        to WAL position, from a consistency token) keeps a read-only unit off
-        replicas that have not replayed that far.
+        of the request it serves, whose route telemetry reports. ``positions``
+        (database name to WAL position, from a consistency token) keeps a read-only
+        unit off replicas that have not replayed that far. ``retries`` is only
+        recorded: a unit cannot rerun the code that used it, :meth:`run` can.
         """
         return self._unit_class(
             self.database,
@@ -272,24 +278,74 @@ class Lifecycle:
             cleanup_timeout=self.cleanup_timeout,
             request=request,
             positions=positions,
+            isolation_level=isolation_level,
+            deadline=deadline,
+            retries=retries,
         )
+
+    async def run(
+        self,
+        work: Callable[[UnitOfWork], Awaitable[T]],
+        *,
+        retries: Retries = None,
+        writes: bool = True,
+        isolation_level: str | None = None,
+        deadline: float | None = None,
+    ) -> T:
+        """Run ``await work(unit)`` in a new unit of work, committed if it returns.
+
+        With ``retries`` (a :class:`~portside.RetryPolicy` or a number of retries),
+        a unit that failed with a serialization failure or a deadlock (at any
+        statement or at its commit) is rolled back and ``work`` runs again in a new
+        unit, after a jittered, growing pause; ``work`` must therefore be safe to
+        run again. The last failure is raised when attempts run out.
+        """
+        policy = RetryPolicy.of(retries)
+        attempt = 1
+        while True:
+            unit = self.unit_of_work(
+                writes=writes, isolation_level=isolation_level, deadline=deadline
+            )
+            try:
+                async with unit:
+                    return await work(unit)
+            except Exception as exc:
+                if policy is None or not policy.retries(exc, attempt):
+                    raise
+                delay = policy.delay(attempt)
+            logger.info("retrying a unit of work that lost a race (attempt %d)", attempt + 1)
+            await anyio.sleep(delay)
+            attempt += 1
 
     @asynccontextmanager
     async def async_session(
-        self, name: str | None = None, *, writes: bool = True
+        self,
+        name: str | None = None,
+        *,
+        writes: bool = True,
+        isolation_level: str | None = None,
+        deadline: float | None = None,
     ) -> AsyncIterator[AsyncSession]:
         """A unit of work with one async session: commit on clean exit, else roll back."""
-        async with self.unit_of_work(writes=writes) as unit:
+        unit = self.unit_of_work(writes=writes, isolation_level=isolation_level, deadline=deadline)
+        async with unit:
             yield await unit.async_session(name)
 
     @contextmanager
-    def session(self, name: str | None = None, *, writes: bool = True) -> Iterator[Session]:
+    def session(
+        self,
+        name: str | None = None,
+        *,
+        writes: bool = True,
+        isolation_level: str | None = None,
+        deadline: float | None = None,
+    ) -> Iterator[Session]:
         """A unit of work with one sync session, for code in a worker thread.
 
         Commits on clean exit and rolls back on any exception. It blocks, so it
         refuses to run on the event loop's thread.
         """
-        unit = self.unit_of_work(writes=writes)
+        unit = self.unit_of_work(writes=writes, isolation_level=isolation_level, deadline=deadline)
         try:
             yield unit.session_blocking(name)
         except BaseException:  # opening failed too: release what the unit holds

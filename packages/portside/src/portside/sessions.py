@@ -15,7 +15,8 @@ works, and SQLAlchemy-only models work too) with two additions:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction
@@ -26,6 +27,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession as _SQLModelAsyncSession
 
 from portside.errors import BlockingSessionError, UnitOfWorkEndedError
 from portside.event_loop import on_event_loop_thread
+
+if TYPE_CHECKING:
+    from portside.unit_of_work import UnitOfWork
 
 __all__ = ["AsyncSession", "Session"]
 
@@ -42,6 +46,11 @@ _ON_EVENT_LOOP_MESSAGE = (
     "thread (a `def` endpoint, or `await anyio.to_thread.run_sync(work, session)`), "
     "or use the async session in `async def` code."
 )
+
+
+#: The deadline (``time.monotonic()``) of the unit whose session is checking out a
+#: connection right now, so that the checkout's own round trip can carry it.
+CHECKOUT_DEADLINE: ContextVar[float | None] = ContextVar("portside_checkout_deadline", default=None)
 
 
 class _EndableSession(_SQLModelSession):
@@ -113,6 +122,13 @@ class _EndableSession(_SQLModelSession):
         if self._portside_track_position is not None:
             self._portside_wrote = True
 
+    #: The unit of work that owns the session (None: a session of no unit).
+    _portside_unit: UnitOfWork | None = None
+    #: When the unit's deadline passes (``time.monotonic()``), if it has one.
+    _portside_deadline: float | None = None
+    #: The name of the session's database in its unit.
+    _portside_database: str | None = None
+
     def _autobegin_t(self, begin: bool = False) -> SessionTransaction:
         # The one place every add, query, flush and connection() goes through before
         # it needs a transaction: refusing here covers them all.
@@ -127,6 +143,17 @@ class _EndableSession(_SQLModelSession):
         # A statement in a transaction that add() began (outside the greenlet, so
         # without waiting) gets its connection here, still before any I/O.
         self._pass_gates()
+        if self._portside_deadline is None:
+            return self._connection_for_bind_in_route(engine, execution_options, **kw)
+        token = CHECKOUT_DEADLINE.set(self._portside_deadline)
+        try:
+            return self._connection_for_bind_in_route(engine, execution_options, **kw)
+        finally:
+            CHECKOUT_DEADLINE.reset(token)
+
+    def _connection_for_bind_in_route(
+        self, engine: Any, execution_options: Any = None, **kw: Any
+    ) -> Connection:
         if self._portside_routed is not None:
             return self._connection_for_bind_routed(engine, execution_options, **kw)
         return super()._connection_for_bind(engine, execution_options, **kw)

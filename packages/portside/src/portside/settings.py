@@ -169,6 +169,17 @@ class DatabaseSettings(BaseSettings):
             "disposes the engines anyway."
         ),
     )
+    deadline: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds a unit of work may spend in the database, counted from its start: "
+            "the database itself stops its statements and lock waits after that "
+            "(PostgreSQL statement_timeout/lock_timeout set per transaction, a SQLite "
+            "progress handler). None: no deadline. Overridden per unit or route."
+        ),
+    )
     cleanup_timeout: float = Field(
         default=5.0,
         gt=0,

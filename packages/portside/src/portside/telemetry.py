@@ -480,13 +480,13 @@ class TracedUnitOfWork(UnitOfWork):
         self._began()
         return session
 
-    async def finish(self, *, commit: bool) -> None:
+    async def finish(self, *, commit: bool, run_hooks: bool = True) -> None:
         """See :meth:`UnitOfWork.finish`; records the outcome and ends the span."""
         if self.ended:
             return
         databases = self.database_names
         try:
-            await super().finish(commit=commit)
+            await super().finish(commit=commit, run_hooks=run_hooks)
         except BaseException as exc:
             self._record(databases, committed=False, error=exc)
             raise

@@ -9,6 +9,12 @@ the end, every session of the unit refuses further use.
 
 Several databases are committed one after the other; there is no two-phase
 commit, so a failure at the second commit cannot undo the first.
+
+A unit may also carry after-commit and after-rollback callbacks
+(:mod:`portside.hooks`), a transaction isolation level, a deadline the database
+enforces (:mod:`portside.deadlines`) and a retry policy (:mod:`portside.retries`,
+which whoever runs the unit's code applies: :meth:`portside.Lifecycle.run`, the
+web middleware).
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.to_thread
+from sqlalchemy import Connection
 from sqlalchemy.exc import IllegalStateChangeError
 from sqlalchemy.util import await_
 from sqlalchemy.util.concurrency import in_greenlet
 
+from portside import hooks
 from portside.adapters.postgresql import wal_position
 from portside.errors import LifecycleStateError, PartialCommitError, UnitOfWorkEndedError
 from portside.event_loop import on_event_loop_thread
 from portside.replicas import PRIMARY_POSITION_QUERY, parse_lsn
+from portside.retries import Retries, RetryPolicy
 from portside.serial_gate import GateHolder
 from portside.sessions import ENDED_MESSAGE
 
@@ -37,6 +46,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
     from sqlalchemy import Connection, Engine
+    from sqlalchemy.orm import SessionTransaction
 
     from portside.database import Database
     from portside.in_flight import InFlight
@@ -135,10 +145,18 @@ class UnitOfWork:
 
     ``writes`` is a hint: on SQLite, units that may write begin ``IMMEDIATE``
     transactions (queued, never "database is locked"), read-only ones begin plain
-    ones and run concurrently. On a database with read replicas, a read-only unit
-    reads from one (see :mod:`portside.replicas`) unless :meth:`use_primary` was
-    called before its first query; a write there raises
+    ones and run concurrently. Nothing is enforced. On a database with read
+    replicas, a read-only unit reads from one (see :mod:`portside.replicas`) unless
+    :meth:`use_primary` was called before its first query; a write there raises
     :class:`~portside.ReplicaWriteError`.
+
+    ``isolation_level`` (e.g. ``"SERIALIZABLE"``) applies to every transaction of
+    the unit (not under the test kit's outer transaction, whose level rules).
+    ``deadline``: seconds from the unit's creation after which the database stops
+    its statements (default: each database's ``DATABASE_DEADLINE``; see
+    :mod:`portside.deadlines`). ``retries``: the :class:`~portside.RetryPolicy` (or
+    number of retries) whoever runs the unit applies. All three can be changed with
+    :meth:`configure` until the unit's first statement.
     """
 
     def __init__(
@@ -150,6 +168,9 @@ class UnitOfWork:
         cleanup_timeout: float,
         request: Mapping[str, Any] | None = None,
         positions: Mapping[str, int] | None = None,
+        isolation_level: str | None = None,
+        deadline: float | None = None,
+        retries: Retries = None,
     ) -> None:
         self._databases = databases
         #: The ASGI scope of the request this unit serves, if any (telemetry reads
@@ -158,6 +179,13 @@ class UnitOfWork:
         self._in_flight = in_flight
         self._cleanup_timeout = cleanup_timeout
         self.writes = writes
+        self._started = time.monotonic()
+        self.isolation_level = isolation_level
+        self.deadline = deadline
+        #: The retry policy of the code running this unit (``None``: no retries).
+        self.retry_policy = None if retries is None else RetryPolicy.of(retries)
+        self._hooks: hooks.Hooks | None = None
+        self._committed = False
         self._sync: dict[str, Session] = {}
         self._async: dict[str, AsyncSession] = {}
         self._gates: list[SerialGate] = []
@@ -270,6 +298,100 @@ class UnitOfWork:
         """Whether :meth:`finish` has run."""
         return self._ended
 
+    @property
+    def committed(self) -> bool:
+        """Whether :meth:`finish` committed (every database)."""
+        return self._committed
+
+    def configure(
+        self,
+        *,
+        isolation_level: str | None = None,
+        deadline: float | None = None,
+        retries: Retries = None,
+    ) -> None:
+        """Set the options given (``None`` keeps the current one), before the first statement.
+
+        How a web route opts in: its integration's ``transaction(...)`` calls this
+        on the request's unit before the handler's code runs.
+        """
+        sessions = self._sessions()
+        if any(s.in_transaction() for s in sessions) and (isolation_level or deadline):
+            raise LifecycleStateError(
+                "The isolation level and deadline of a unit of work apply when its "
+                "transaction begins, and this unit already ran a statement: set them "
+                "first (for a route: put its transaction(...) opt-in before the "
+                "session it uses)."
+            )
+        if isolation_level is not None:
+            self.isolation_level = isolation_level
+        if deadline is not None:
+            self.deadline = deadline
+        if retries is not None:
+            self.retry_policy = RetryPolicy.of(retries)
+        for session in sessions:
+            self._tune(session, self._databases(session._portside_database))
+
+    def _sessions(self) -> list[_EndableSession]:
+        return [s.sync_session for s in self._async.values()] + list(self._sync.values())
+
+    def _tune(self, session: _EndableSession, database: Database) -> None:
+        """Own ``session`` and give it the unit's isolation level and deadline."""
+        session._portside_unit = self
+        session._portside_database = database.name
+        deadline = self.deadline if self.deadline is not None else database.settings.deadline
+        session._portside_deadline = None if deadline is None else self._started + deadline
+        if self.isolation_level is not None and not isinstance(session.bind, Connection):
+            # Not on the test kit's connection: its outer transaction's level rules.
+            bind = session.bind
+            if bind is not None and bind.get_execution_options().get("isolation_level") != (
+                self.isolation_level
+            ):
+                session.bind = bind.execution_options(isolation_level=self.isolation_level)
+
+    # -- after-commit and after-rollback callbacks ------------------------------------
+
+    def on_commit(self, callback: hooks.Callback) -> None:
+        """Run ``callback`` (sync or async, no arguments) once this unit has committed.
+
+        Registered inside a SAVEPOINT of one of the unit's sessions, use
+        :func:`portside.on_commit` with that session instead, so that a rollback of
+        the SAVEPOINT drops it. See :mod:`portside.hooks`.
+        """
+        self._register("commit", callback, None)
+
+    def on_rollback(self, callback: hooks.Callback) -> None:
+        """Run ``callback`` (sync or async, no arguments) if this unit rolls back."""
+        self._register("rollback", callback, None)
+
+    def _register(
+        self, outcome: str, callback: hooks.Callback, savepoint: SessionTransaction | None
+    ) -> None:
+        if self._ended:
+            raise LifecycleStateError(
+                f"on_{outcome}() was called after the unit of work ended; register "
+                "callbacks while its work runs."
+            )
+        if self._hooks is None:
+            self._hooks = hooks.Hooks()
+        self._hooks.add(outcome, callback, savepoint)
+
+    async def run_hooks(self) -> None:
+        """Run the callbacks of the unit's outcome (once it ended), each at most once.
+
+        :meth:`finish` does this itself unless told ``run_hooks=False``. Shutdown
+        waits for them like for a unit in flight.
+        """
+        if self._hooks is None or not self._ended:
+            return
+        callbacks = self._hooks.take(committed=self._committed)
+        if callbacks:
+            self._in_flight.hold()
+            try:
+                await hooks.run(callbacks, committed=self._committed)
+            finally:
+                self._in_flight.leave()
+
     def _database(self, name: str | None) -> Database:
         if self._ended:
             raise LifecycleStateError(
@@ -322,6 +444,7 @@ class UnitOfWork:
             self._admit()
             session = await database.new_async_session(writes=self.writes)
             self._route_sessions(database, session.sync_session, "async")
+            self._tune(session.sync_session, database)
             if gates:
                 # The first statement runs in SQLAlchemy's greenlet, which can await.
                 session.sync_session.before_first_statement(
@@ -344,6 +467,7 @@ class UnitOfWork:
             self._admit()
             session = await database.new_session(writes=self.writes)
             self._route_sessions(database, session, "sync")
+            self._tune(session, database)
             if gates:
                 session.before_first_statement(lambda: self._pass_blocking(gates), awaits=False)
             self._sync[database.name] = session
@@ -364,19 +488,21 @@ class UnitOfWork:
             self._admit()
             session = database.new_session_blocking(writes=self.writes)
             self._route_sessions(database, session, "sync")
+            self._tune(session, database)
             if gates:
                 session.before_first_statement(lambda: self._pass_blocking(gates), awaits=False)
             self._sync[database.name] = session
         return session
 
-    async def finish(self, *, commit: bool) -> None:
+    async def finish(self, *, commit: bool, run_hooks: bool = True) -> None:
         """End the unit once: commit (or roll back) every session, then close them.
 
         If a commit fails, every session not yet committed is rolled back and the
         commit's exception is raised after cleanup; if an earlier database had
         already committed, it is raised as the cause of a :class:`PartialCommitError`
-        saying which did and which did not (there is no two-phase commit). Calling
-        it again does nothing.
+        saying which did and which did not (there is no two-phase commit). Then the
+        callbacks of the outcome run, unless ``run_hooks=False`` (then call
+        :meth:`run_hooks` later). Calling it again does nothing.
         """
         if self._ended:
             return
@@ -391,18 +517,23 @@ class UnitOfWork:
                     await _commit_step(anyio.to_thread.run_sync(sync_session.commit), name, done)
                 committed = True
         finally:
-            if committed:
-                self._close_committed()
-            else:
-                with anyio.CancelScope(shield=True):
-                    await self._close_all()
-            if self._async:
-                # Let a unit waiting for a connection we just returned run before
-                # this task goes on: a task that ends units in a loop (a job worker,
-                # a benchmark's client) would otherwise take it back from the pool
-                # first, every time, and its waiters would wait until the loop ends.
-                # Async sessions mean asyncio, where this is the cheapest yield.
-                await asyncio.sleep(0)
+            self._committed = committed
+            try:
+                if committed:
+                    self._close_committed()
+                else:
+                    with anyio.CancelScope(shield=True):
+                        await self._close_all()
+                if self._async:
+                    # Let a unit waiting for a connection we just returned run before
+                    # this task goes on: a task that ends units in a loop (a job
+                    # worker, a benchmark's client) would otherwise take it back from
+                    # the pool first, every time, and its waiters would wait until the
+                    # loop ends. Async sessions mean asyncio: the cheapest yield.
+                    await asyncio.sleep(0)
+            finally:
+                if run_hooks and self._hooks is not None:
+                    await self.run_hooks()
 
     def _close_committed(self) -> None:
         """Close sessions whose commit succeeded: their connections are already back.
@@ -463,6 +594,7 @@ class UnitOfWork:
                             raise
                         raise partial from exc
                     done.append(name)
+            self._committed = commit
         finally:
             try:
                 for sync_session in self._sync.values():
@@ -470,6 +602,9 @@ class UnitOfWork:
                     _close_sync(sync_session, self._cleanup_timeout)
             finally:
                 self._release()
+                if self._hooks is not None:
+                    callbacks = self._hooks.take(committed=self._committed)
+                    hooks.run_blocking(callbacks, committed=self._committed)
 
     def _release(self) -> None:
         with self._gates_lock:

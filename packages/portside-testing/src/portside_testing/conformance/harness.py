@@ -57,6 +57,29 @@ handlers are the framework's sync handlers, run in worker threads). ``Item`` and
 ``GET /analytics/count``                    200 ``{"count": int}`` counting Items in the
                                             second database named ``"analytics"`` (only
                                             when the app was built with two databases)
+``POST /items/hooked`` ``{"name", "status"}``  add an Item, flush, register (with
+                                            ``portside.on_commit(session, ...)`` and
+                                            ``on_rollback``) callbacks appending
+                                            ``"commit:<name>"`` / ``"rollback:<name>"`` to
+                                            ``Harness.hook_events``; return ``{"id",
+                                            "name"}`` with status ``status``
+``POST /counter/increment`` ``{"by": int}``  opted in with the integration's
+                                            ``transaction(retries=RETRY_POLICY,
+                                            isolation_level="SERIALIZABLE")``: read
+                                            ``Counter`` 1, sleep :data:`RACE_WINDOW`, write
+                                            value + ``by``; 200 ``{"value": int}``
+``POST /counter/increment-once`` ``{"by"}``  the same with ``transaction(isolation_level=
+                                            "SERIALIZABLE")`` only: no retries
+``POST /counter/transfer``                  opted in with ``transaction(retries=RETRY_POLICY)``;
+``{"first": int, "second": int}``           add 1 to ``Counter`` ``first``, sleep
+                                            :data:`LOCK_WINDOW`, add 1 to ``second``
+                                            (two requests in opposite orders deadlock);
+                                            200 ``{"ok": true}``
+``POST /counter/transfer-once``             the same without ``transaction(...)``
+``GET /slow-query``                         opted in with ``transaction(deadline=
+                                            SLOW_QUERY_DEADLINE)``; runs
+                                            :func:`runaway_statement` on the default
+                                            database; 200 ``{"ok": true}`` if it ever ends
 ==========================================  ============================================
 
 Handlers never commit or roll back themselves: that is the integration's job.
@@ -87,7 +110,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
-from portside import DatabaseSettings, Lifecycle
+from portside import DatabaseSettings, Lifecycle, RetryPolicy
+
+#: The retries of ``POST /counter/increment``: enough for every racing request.
+RETRY_POLICY = RetryPolicy(attempts=50, backoff=0.005, max_backoff=0.1)
+#: Seconds ``/counter`` handlers wait between their read and their write.
+RACE_WINDOW = 0.02
+#: Seconds ``/counter/transfer`` holds its first row's lock before taking the second's.
+LOCK_WINDOW = 0.2
+#: The deadline of ``GET /slow-query``, in seconds.
+SLOW_QUERY_DEADLINE = 0.5
+
+
+def runaway_statement(dialect: str) -> str:
+    """SQL that runs for minutes on ``dialect`` (``"postgresql"`` or ``"sqlite"``)."""
+    if dialect == "postgresql":
+        return "SELECT pg_sleep(600)"
+    return "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r"
+
 
 __all__ = [
     "ASGIApp",
@@ -109,6 +149,9 @@ class Harness(Protocol):
     #: The suite clears it (in place) before each scenario, so apps may keep a
     #: reference to this very list.
     background_results: list[str]
+
+    #: Filled by ``POST /items/hooked``'s callbacks; cleared like ``background_results``.
+    hook_events: list[str]
 
     def build_app(
         self, databases: DatabaseSettings | Mapping[str, DatabaseSettings], mode: Mode

@@ -8,9 +8,9 @@ them. Table names carry a ``conformance_`` prefix for the same reason.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, ForeignKey, Integer, MetaData
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, Update, update
 from sqlalchemy.orm import registry
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 __all__ = [
     "Child",
@@ -58,3 +58,17 @@ class Child(ConformanceModel, table=True):
             nullable=False,
         )
     )
+
+
+class Counter(ConformanceModel, table=True):
+    """One number that concurrent requests read and increment (row ``id=1``)."""
+
+    __tablename__ = "conformance_counter"
+
+    id: int | None = Field(default=None, primary_key=True)
+    value: int = 0
+
+
+def add_one(counter_id: int) -> Update:
+    """``UPDATE`` adding 1 to the counter ``counter_id`` (it locks that row)."""
+    return update(Counter).where(col(Counter.id) == counter_id).values(value=Counter.value + 1)

@@ -53,8 +53,10 @@ from sqlmodel import col
 
 from portside import DatabaseSettings, Lifecycle, StartupError
 from portside_testing.asgi import AppRunner, Message, Response, ResponseStartHook
-from portside_testing.conformance.harness import ASGIApp, Harness, Mode
+from portside_testing.conformance.harness import SLOW_QUERY_DEADLINE, ASGIApp, Harness, Mode
 from portside_testing.conformance.models import Child, ConformanceModel, Item, metadata
+from portside_testing.conformance.models import Counter as CounterRow
+from portside_testing.on_commit import capture_on_commit
 
 __all__ = ["DATABASES", "MODES", "Backend", "ConformanceSuite", "RunningApp", "Stage"]
 
@@ -465,6 +467,7 @@ class ConformanceSuite:
         if harness is None:
             pytest.fail(f"{type(self).__name__} must set `harness = YourHarness()`")
         harness.background_results.clear()
+        harness.hook_events.clear()
         return Stage(harness, backend, mode)
 
     @pytest.fixture
@@ -716,6 +719,148 @@ class ConformanceSuite:
             assert sorted(statuses) == [201, 503, 503, 503]
             assert (await app.request("POST", "/items", {"name": "after"})).status == 201
             await app.assert_no_transaction_left_open()
+
+    # -- transactions to build on: callbacks, retries, deadlines --------------------------
+
+    async def test_callbacks_run_after_the_response_for_the_outcome(self, stage: Stage) -> None:
+        """on_commit runs once the 2xx was sent; on_rollback when the status rolls back."""
+        events = stage.harness.hook_events
+        seen_at_start: list[list[str]] = []
+        async with stage.running() as app:
+
+            async def at_start(_message: Message) -> None:
+                seen_at_start.append(list(events))
+
+            body = {"name": "kept", "status": 201}
+            response = await app.request("POST", "/items/hooked", body, at_start)
+            assert response.status == 201, response.text
+            await wait_until(lambda: events, 5.0, "the after-commit callback")
+            assert events == ["commit:kept"]
+            assert seen_at_start == [[]], "a callback ran before the response started"
+            assert await app.count(name="kept") == 1
+            body = {"name": "refused", "status": 422}
+            assert (await app.request("POST", "/items/hooked", body)).status == 422
+            await wait_until(lambda: len(events) == 2, 5.0, "the after-rollback callback")
+            assert events == ["commit:kept", "rollback:refused"]
+            assert await app.count(name="refused") == 0
+            await app.assert_no_transaction_left_open()
+
+    async def test_the_test_kit_captures_after_commit_callbacks(self, stage: Stage) -> None:
+        """capture_on_commit() lists a request's callbacks instead of running them."""
+        events = stage.harness.hook_events
+        async with stage.running() as app:
+            with capture_on_commit() as callbacks:
+                body = {"name": "captured", "status": 201}
+                assert (await app.request("POST", "/items/hooked", body)).status == 201
+                await app.runner.wait_idle()
+            assert len(callbacks) == 1
+            assert events == []
+            await callbacks.run()
+            assert events == ["commit:captured"]
+
+    async def _seed_counter(self, app: RunningApp) -> None:
+        await app.run(lambda c: c.execute(insert(CounterRow).values(id=1, value=0)))
+
+    async def _counter(self, app: RunningApp) -> int:
+        statement = select(col(CounterRow.value)).where(col(CounterRow.id) == 1)
+        return await app.run(lambda c: int(c.execute(statement).scalar_one()))
+
+    async def _race(self, app: RunningApp, path: str, n: int) -> list[Any]:
+        responses: list[Any] = []
+
+        async def one() -> None:
+            responses.append(await app.request("POST", path, {"by": 1}))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(n):
+                group.start_soon(one)
+        return responses
+
+    async def test_lost_races_are_retried_when_the_route_opts_in(self, stage: Stage) -> None:
+        """Concurrent read-then-increment under SERIALIZABLE: all 2xx, none lost."""
+        n = 8
+        settings = stage.backend.settings(pool_size=n)
+        async with stage.running(stage.build(settings)) as app:
+            await self._seed_counter(app)
+            responses = await self._race(app, "/counter/increment", n)
+            assert [r.status for r in responses] == [200] * n, [r.text for r in responses]
+            assert await self._counter(app) == n
+            await app.assert_no_transaction_left_open()
+
+    async def test_lost_races_answer_409_without_the_opt_in(self, stage: Stage) -> None:
+        """Without retries, the losers get 409 with Retry-After; the winners' writes count."""
+        if stage.backend.kind != "postgresql":
+            pytest.skip("SQLite runs one writer at a time: its writes never lose a race")
+        n = 8
+        settings = stage.backend.settings(pool_size=n)
+        async with stage.running(stage.build(settings)) as app:
+            await self._seed_counter(app)
+            responses = await self._race(app, "/counter/increment-once", n)
+            statuses = [r.status for r in responses]
+            assert set(statuses) <= {200, 409}, [r.text for r in responses]
+            assert 409 in statuses, "no request lost the race; the scenario proves nothing"
+            assert all(r.header("retry-after") for r in responses if r.status == 409)
+            assert await self._counter(app) == statuses.count(200)
+            await app.assert_no_transaction_left_open()
+
+    async def _deadlock(self, app: RunningApp, path: str) -> list[Any]:
+        await app.run(lambda c: c.execute(insert(CounterRow), [{"id": 1}, {"id": 2}]))
+        responses: list[Any] = []
+
+        async def one(first: int, second: int) -> None:
+            body = {"first": first, "second": second}
+            responses.append(await app.request("POST", path, body))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(one, 1, 2)
+            group.start_soon(one, 2, 1)
+        return responses
+
+    async def _counters(self, app: RunningApp) -> list[int]:
+        statement = select(col(CounterRow.value)).order_by(col(CounterRow.id))
+        return await app.run(lambda c: [int(v) for v in c.execute(statement).scalars()])
+
+    async def test_a_deadlock_between_two_routes_is_retried(self, stage: Stage) -> None:
+        """Two requests locking two rows in opposite orders: with retries, both 2xx."""
+        async with stage.running() as app:
+            responses = await self._deadlock(app, "/counter/transfer")
+            assert [r.status for r in responses] == [200, 200], [r.text for r in responses]
+            assert await self._counters(app) == [2, 2]
+            await app.assert_no_transaction_left_open()
+
+    async def test_a_deadlock_without_the_opt_in_answers_409(self, stage: Stage) -> None:
+        """Without retries the deadlock's victim gets 409; only the winner's writes count."""
+        if stage.backend.kind != "postgresql":
+            pytest.skip("SQLite runs one writer at a time: two writers never deadlock")
+        async with stage.running() as app:
+            responses = await self._deadlock(app, "/counter/transfer-once")
+            assert sorted(r.status for r in responses) == [200, 409]
+            assert await self._counters(app) == [1, 1]
+            await app.assert_no_transaction_left_open()
+
+    async def test_a_deadline_stops_a_runaway_query(self, stage: Stage) -> None:
+        """The database stops the route's query at its deadline: 504, nothing left running."""
+        async with stage.running() as app:
+            with anyio.fail_after(10):
+                response = await app.request("GET", "/slow-query")
+            assert response.status == 504, response.text
+            await app.assert_no_transaction_left_open()
+            active = {p: s for p, s in (await app.backends()).items() if s == "active"}
+            assert not active, f"a query is still running on the server: {active}"
+
+    async def test_a_client_gone_during_a_runaway_query_leaves_nothing(self, stage: Stage) -> None:
+        """The client hangs up mid-query: the database stops it at the deadline, all clean.
+
+        ASGI servers keep running a request whose client left; the deadline is what
+        stops its query on the server.
+        """
+        async with stage.running() as app:
+            await app.runner.disconnect("GET", "/slow-query", after=0.1)
+            with anyio.fail_after(SLOW_QUERY_DEADLINE + 10):
+                await app.runner.wait_idle()
+            await app.assert_no_transaction_left_open()
+            active = {p: s for p, s in (await app.backends()).items() if s == "active"}
+            assert not active, f"a query is still running on the server: {active}"
 
     # -- lifespan ----------------------------------------------------------------------------
 

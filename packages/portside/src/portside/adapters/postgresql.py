@@ -67,6 +67,9 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.util import await_
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
+from portside.deadlines import SESSION_TIMEOUT_SET as TIMEOUT_SET
+from portside.deadlines import checkout_settings
+from portside.sessions import CHECKOUT_DEADLINE
 
 if TYPE_CHECKING:
     import psycopg
@@ -220,16 +223,24 @@ def _statement_timeout_is_a_disconnect(settings: DatabaseSettings) -> Any:
 
 def _configure(engine: Engine, settings: DatabaseSettings, *, asyncpg: bool) -> None:
     event.listen(engine, "handle_error", _read_only_is_a_disconnect)
-    statement = checkout_statement(settings)
-    if statement is None:
+    checkout = checkout_statement(settings)
+    if checkout is None:
         return
     limit = settings.connect_timeout
+    # Behind PgBouncer a session setting would reach other clients: SET LOCAL instead.
+    carries_deadline = not settings.pgbouncer
 
-    def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    def on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         # The driver's own execute with no arguments: the simple protocol, nothing
         # prepared (safe behind PgBouncer), outside any transaction. A failure makes
         # the pool replace the connection, as pre-ping does. It is a round trip, so
-        # it gets the time a new connection would (connect_timeout).
+        # it gets the time a new connection would (connect_timeout). The unit's
+        # deadline rides along (see portside.deadlines).
+        statement = checkout
+        if carries_deadline and (
+            (deadline := CHECKOUT_DEADLINE.get()) is not None or record.info.get(TIMEOUT_SET)
+        ):
+            statement += checkout_settings(deadline, record.info)
         try:
             if asyncpg:
                 driver = dbapi_connection.driver_connection

@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
+from portside.deadlines import clear_sqlite
 from portside.errors import ReadOnlyUnitWriteError, StartupError
 from portside.serial_gate import SerialGate
 from portside.sessions import AsyncSession, Session
@@ -112,13 +113,14 @@ def _install_defaults(
             cursor.close()
 
     @event.listens_for(engine, "reset")
-    def _on_reset(dbapi_connection: Any, _record: Any, _state: Any) -> None:
+    def _on_reset(dbapi_connection: Any, record: Any, _state: Any) -> None:
         # A COMMIT that SQLite refuses (a deferred constraint) leaves the transaction
         # open, and SQLAlchemy then skips its rollback-on-return: end it here, or the
         # next unit of work finds "cannot start a transaction within a transaction".
         raw = getattr(dbapi_connection, "_connection", dbapi_connection)  # aiosqlite's
         if raw.in_transaction:
             dbapi_connection.rollback()
+        clear_sqlite(raw, record.info)  # a unit's deadline ends with the unit
 
     event.listen(engine, "handle_error", _refused_read_only_write)
 

@@ -1,0 +1,110 @@
+"""Deadlines the database enforces: a runaway query is stopped, not only abandoned.
+
+A unit of work with a deadline (``deadline=`` seconds, default the database's
+``DATABASE_DEADLINE``) tells the database, when each of its transactions begins,
+how much time is left:
+
+* PostgreSQL: ``statement_timeout`` and ``lock_timeout`` set to what is left of the
+  deadline. Each statement, and each wait for a lock, may take at most what was
+  left when the transaction began. A statement stopped this way fails with SQLSTATE
+  57014 (answered 504), a lock wait with 55P03 (answered 409, retry may succeed).
+  They travel in the round trip the pool makes anyway when it hands out a
+  connection (the reset or ping, see :mod:`portside.adapters.postgresql`), as
+  session settings the next checkout resets; behind PgBouncer (``pgbouncer=True``),
+  without a checkout statement, or on the test kit's connection, they are set
+  with ``set_config(..., true)`` (``SET LOCAL``, ending with the transaction) in a
+  round trip of their own;
+* SQLite: a progress handler interrupts any statement once the deadline has passed
+  (``SQLITE_INTERRUPT``, answered 504). It is removed when the connection goes back
+  to the pool.
+
+Without a deadline it costs nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from sqlalchemy import Connection, event
+from sqlalchemy.orm import SessionTransaction
+
+from portside.sessions import _EndableSession
+
+__all__: list[str] = []
+
+# How many SQLite virtual machine instructions between two looks at the clock.
+_SQLITE_CHECK_EVERY = 1000
+# A statement gets at least this long: 0 would mean "no timeout" on PostgreSQL.
+_MIN_MS = 1
+
+
+#: Connection-record flag: this checkout's round trip already set the deadline.
+APPLIED_AT_CHECKOUT = "portside_deadline_applied"
+#: Connection-record flag: a SQLite progress handler is set and must be removed.
+PROGRESS_HANDLER_SET = "portside_progress_handler_set"
+#: Connection-record flag: a session-level timeout is set and must be undone.
+SESSION_TIMEOUT_SET = "portside_session_timeout_set"
+
+
+def checkout_settings(deadline: float | None, record_info: dict[str, Any]) -> str:
+    """SQL to append to a PostgreSQL checkout statement for the unit checking out."""
+    if deadline is not None:
+        ms = _remaining_ms(deadline)
+        record_info[APPLIED_AT_CHECKOUT] = record_info[SESSION_TIMEOUT_SET] = True
+        return f"; SET statement_timeout = {ms}; SET lock_timeout = {ms}"
+    record_info[APPLIED_AT_CHECKOUT] = False
+    if record_info.pop(SESSION_TIMEOUT_SET, False):
+        return "; SET statement_timeout TO DEFAULT; SET lock_timeout TO DEFAULT"
+    return ""
+
+
+def _remaining_ms(deadline: float) -> int:
+    return max(_MIN_MS, int((deadline - time.monotonic()) * 1000))
+
+
+def sqlite_connection(driver_connection: Any) -> sqlite3.Connection | None:
+    """The ``sqlite3`` connection under a pysqlite or portside aiosqlite connection."""
+    if isinstance(driver_connection, sqlite3.Connection):
+        return driver_connection
+    raw = getattr(driver_connection, "_connection", None)  # portside's aiosqlite wrapper
+    return raw if isinstance(raw, sqlite3.Connection) else None
+
+
+def _apply(connection: Connection, deadline: float) -> None:
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        if connection.connection.info.get(APPLIED_AT_CHECKOUT):
+            return  # the checkout's round trip carried it
+        ms = _remaining_ms(deadline)
+        # A literal integer: no parameters, so the same text for every driver.
+        connection.exec_driver_sql(
+            f"SELECT set_config('statement_timeout', '{ms}', true), "
+            f"set_config('lock_timeout', '{ms}', true)"
+        )
+    elif dialect == "sqlite":
+        raw = sqlite_connection(connection.connection.driver_connection)
+        if raw is not None:
+            raw.set_progress_handler(lambda: time.monotonic() > deadline, _SQLITE_CHECK_EVERY)
+            connection.connection.info[PROGRESS_HANDLER_SET] = True
+
+
+def _after_begin(
+    session: _EndableSession, transaction: SessionTransaction, connection: Connection
+) -> None:
+    deadline = session._portside_deadline
+    if deadline is not None and not transaction.nested:
+        _apply(connection, deadline)
+
+
+def clear_sqlite(driver_connection: Any, record_info: dict[str, Any]) -> None:
+    """Remove a deadline's progress handler, if any (the connection goes back to the pool)."""
+    if record_info.pop(PROGRESS_HANDLER_SET, False):
+        raw = sqlite_connection(driver_connection)
+        if raw is not None:
+            raw.set_progress_handler(None, 0)
+
+
+# Once, on the class: a session without a deadline costs one attribute check.
+event.listen(_EndableSession, "after_begin", _after_begin)
