@@ -19,12 +19,12 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import SessionTransaction
-from sqlalchemy.util.concurrency import in_greenlet
 from sqlmodel import Session as _SQLModelSession
 from sqlmodel.ext.asyncio.session import AsyncSession as _SQLModelAsyncSession
 
 from portside.errors import BlockingSessionError, UnitOfWorkEndedError
 from portside.event_loop import on_event_loop_thread
+from portside.internals import in_greenlet
 
 __all__ = ["AsyncSession", "Session"]
 

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Self
 import anyio
 import anyio.to_thread
 from sqlalchemy.exc import IllegalStateChangeError
-from sqlalchemy.util import await_
 
 from portside.errors import LifecycleStateError, PartialCommitError
 from portside.event_loop import on_event_loop_thread
+from portside.internals import await_
 from portside.serial_gate import GateHolder
 
 if TYPE_CHECKING:

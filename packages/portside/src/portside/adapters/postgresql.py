@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.util import await_
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
+from portside.internals import await_
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
