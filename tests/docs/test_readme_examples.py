@@ -56,12 +56,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(source: str, directory: Path) -> Iterator[httpx.Client]:
-    """Serve ``source``'s ``app`` with uvicorn from ``directory``; stop it gracefully."""
+def served(source: str, directory: Path, python: str = sys.executable) -> Iterator[httpx.Client]:
+    """Serve ``source``'s ``app`` with uvicorn from ``directory``; stop it gracefully.
+
+    ``python``: the interpreter to serve it with (the install test's fresh venv's).
+    """
     (directory / "example_app.py").write_text(source)
     port = free_port()
     log = directory / "uvicorn.log"
-    command = [sys.executable, *WARNINGS, "-m", "uvicorn", "example_app:app", "--port", str(port)]
+    command = [python, *WARNINGS, "-m", "uvicorn", "example_app:app", "--port", str(port)]
     with log.open("wb") as out:
         server = subprocess.Popen(command, cwd=directory, stdout=out, stderr=out)
     try:
