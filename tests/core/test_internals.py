@@ -6,6 +6,7 @@ verified on (see :mod:`portside.internals`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +38,12 @@ def test_the_framework_still_sets_the_scope_key(internal: Internal) -> None:
     with TestClient(Litestar([probe])) as client:
         assert client.get("/").status_code in {200, 204}
     assert seen == [True], problem(internal, "no longer sets it")
+
+
+def test_the_docs_list_every_internal() -> None:
+    page = (Path(__file__).parents[2] / "docs" / "versions.md").read_text()
+    for internal in INTERNALS:
+        assert internal.name in page, internal
 
 
 def test_a_vanished_name_is_reported_with_the_installed_version() -> None:
