@@ -170,3 +170,32 @@ async def test_add_before_any_statement_still_takes_the_turn(tmp_path: Path) -> 
 def test_a_circle_of_turns_is_a_conflict_the_client_may_retry() -> None:
     failure = classify(GateDeadlockError("circle"))
     assert (failure.status, failure.headers) == (409, {"Retry-After": "1"})
+
+
+async def test_a_turn_granted_after_its_unit_ended_is_given_back(tmp_path: Path) -> None:
+    """An abandoned worker thread (a cancelled sync handler) never keeps the turn."""
+    async with Lifecycle(_settings(tmp_path, pool_timeout=2)) as lifecycle:
+        await _create_table(lifecycle)
+        holder = lifecycle.unit_of_work()
+        await (await holder.async_session()).exec(text("INSERT INTO t VALUES (1)"))  # type: ignore[call-overload]
+        abandoned = lifecycle.unit_of_work()
+        session = await abandoned.session()
+        outcome: list[str] = []
+
+        def late_statement() -> None:
+            try:
+                session.exec(text("INSERT INTO t VALUES (2)"))  # type: ignore[call-overload]
+            except Exception as exc:
+                outcome.append(type(exc).__name__)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.to_thread.run_sync, late_statement)
+            await anyio.sleep(0.2)  # the thread waits for the holder's turn
+            await abandoned.finish(commit=False)  # the request was cancelled meanwhile
+            await holder.finish(commit=True)  # the turn is free: the thread gets it
+        assert outcome == ["UnitOfWorkEndedError"]
+        started = time.monotonic()
+        async with lifecycle.async_session() as next_session:
+            await next_session.exec(text("INSERT INTO t VALUES (3)"))  # type: ignore[call-overload]
+        assert time.monotonic() - started < 1, "the abandoned thread kept the turn"
+        assert lifecycle.in_flight == 0

@@ -36,6 +36,8 @@ from restaurants.models import (
 )
 from restaurants.setup import database_settings, prepare_database, seed_enabled
 
+__all__ = ["create_app"]
+
 #: The 409 answer to a write that breaks a constraint; nothing of it is committed.
 CONFLICT = "Conflicting data (a dish listed twice?); nothing was saved."
 

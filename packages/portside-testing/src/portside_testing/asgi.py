@@ -30,6 +30,20 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+__all__ = [
+    "ASGIApp",
+    "AppRunner",
+    "LifespanError",
+    "Message",
+    "Receive",
+    "Response",
+    "ResponseStartHook",
+    "Scope",
+    "Send",
+    "WebSocketRefusedError",
+    "WebSocketSession",
+]
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

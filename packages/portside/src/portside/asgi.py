@@ -49,6 +49,29 @@ from portside.urls import scrub
 if TYPE_CHECKING:
     from portside.unit_of_work import UnitOfWork
 
+__all__ = [
+    "DATABASE_ERRORS",
+    "LIFECYCLE_STATE_KEY",
+    "SAFE_METHODS",
+    "UNIT_OF_WORK_KEY",
+    "WEBSOCKET_SESSION_MESSAGE",
+    "ASGIApp",
+    "ErrorReply",
+    "LifecycleLifespan",
+    "LifecycleLookup",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "UnitOfWorkMiddleware",
+    "error_reply",
+    "error_response",
+    "lifecycle_from_state",
+    "lifespan_state",
+    "send_error",
+    "unit_of_work_from_scope",
+]
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

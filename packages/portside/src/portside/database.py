@@ -24,6 +24,8 @@ from portside.health import DatabaseStatus
 from portside.urls import redact
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from sqlalchemy import Engine, MetaData
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -264,20 +266,47 @@ class Database:
             await anyio.to_thread.run_sync(self._sync.verify, abandon_on_cancel=True)
 
     async def dispose(self) -> list[str]:
-        """Dispose every engine, collecting (not stopping at) failures; one line each."""
+        """Dispose every engine, collecting (not stopping at) failures; one line each.
+
+        Bounded by the cleanup timeout, the engines side by side: a server that stopped
+        answering cannot hold up shutdown. What an async engine has not closed by
+        then is terminated (no goodbye to the server); a sync engine's disposal is
+        left to its worker thread (psycopg's close does not wait for the server).
+        """
         errors: list[str] = []
         sync_port, self._sync = self._sync, None
         async_port, self._async = self._async, None
-        try:
+        limit = self.settings.cleanup_timeout
+
+        async def bounded(kind: str, dispose: Callable[[], Awaitable[None]]) -> None:
+            with anyio.move_on_after(limit) as scope:
+                try:
+                    await dispose()
+                except Exception as exc:
+                    errors.append(self._disposal_error(kind, exc))
+            if scope.cancelled_caught:
+                logger.warning(
+                    "database %r (%s): its %s engine did not close its connections within "
+                    "%gs (DATABASE_CLEANUP_TIMEOUT); %s",
+                    self.name,
+                    self.masked_url,
+                    kind,
+                    limit,
+                    "the rest were dropped"
+                    if kind == "async"
+                    else "its worker thread goes on closing them",
+                )
+
+        async with anyio.create_task_group() as group:
             if sync_port is not None:
-                await anyio.to_thread.run_sync(sync_port.dispose)
-        except Exception as exc:
-            errors.append(self._disposal_error("sync", exc))
-        try:
+                sync_dispose = sync_port.dispose
+                group.start_soon(
+                    bounded,
+                    "sync",
+                    lambda: anyio.to_thread.run_sync(sync_dispose, abandon_on_cancel=True),
+                )
             if async_port is not None:
-                await async_port.dispose()
-        except Exception as exc:
-            errors.append(self._disposal_error("async", exc))
+                group.start_soon(bounded, "async", async_port.dispose)
         return errors
 
     def _disposal_error(self, kind: str, exc: Exception) -> str:

@@ -8,6 +8,24 @@ from __future__ import annotations
 
 from sqlalchemy.exc import InvalidRequestError
 
+__all__ = [
+    "BlockingSessionError",
+    "ConfigurationError",
+    "DriverMissingError",
+    "GateDeadlockError",
+    "LifecycleStateError",
+    "NoRequestSessionError",
+    "PartialCommitError",
+    "PortsideError",
+    "ReadOnlyUnitWriteError",
+    "ShutdownError",
+    "ShuttingDownError",
+    "StartupError",
+    "TransactionAbortedError",
+    "UnitOfWorkEndedError",
+    "is_database_unavailable",
+]
+
 
 class PortsideError(Exception):
     """Base class of the errors portside raises on purpose."""

@@ -9,6 +9,11 @@ from __future__ import annotations
 import asyncio
 import sys
 
+__all__ = [
+    "on_event_loop_thread",
+    "running_asyncio",
+]
+
 
 def running_asyncio() -> bool:
     """True when the calling thread is running an asyncio event loop."""

@@ -8,6 +8,11 @@ from typing import Any
 
 from portside.pool_status import PoolStatus
 
+__all__ = [
+    "DatabaseStatus",
+    "readiness",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class DatabaseStatus:

@@ -11,6 +11,10 @@ from collections.abc import Callable
 
 import anyio
 
+__all__ = [
+    "InFlight",
+]
+
 _POLL_INTERVAL = 0.01
 
 

@@ -1,12 +1,13 @@
 """Every private or undocumented name of a dependency that portside relies on.
 
-portside overrides two private methods of SQLAlchemy's ``Session`` and four private
-names of aiosqlite's ``Connection``, and uses a few undocumented hooks of Starlette,
-Litestar and SQLAlchemy. A release of one of them may rename any of these without
+portside overrides two private methods of SQLAlchemy's ``Session``, four private
+names of aiosqlite's ``Connection`` and psycopg's ``Connection.wait``, and uses a
+few undocumented hooks of Starlette, Litestar, psycopg and SQLAlchemy. A release of one of them may rename any of these without
 notice. So each is listed here, with the versions it was verified on, and
 ``tests/core/test_internals.py`` checks every one of them against the installed
 versions and names the dependency and version when one is gone. The package's
-dependency bounds (``sqlalchemy<2.2``, ``aiosqlite<0.23``) cover the verified ranges.
+dependency bounds (``sqlalchemy<2.2``, ``aiosqlite<0.23``, ``psycopg<3.4``) cover the
+verified ranges.
 
 Where a name differs between supported versions, the shim below picks whichever the
 installed version has (SQLAlchemy 2.1 renamed ``await_only`` to ``await_``).
@@ -123,6 +124,28 @@ INTERNALS: tuple[Internal, ...] = (
         ">=0.22.0,<0.23",
         "adapters.aiosqlite_connection: make the worker thread a daemon, as SQLAlchemy does",
         kind="instance attribute",
+    ),
+    Internal(
+        "psycopg",
+        "psycopg.Connection",
+        "wait",
+        ">=3.3.6,<3.4",
+        "adapters.postgresql: bound every wait for the server (DATABASE_STATEMENT_TIMEOUT)",
+        parameters=("self", "gen", "interval", "timeout"),
+    ),
+    Internal(
+        "psycopg",
+        "psycopg.connection",
+        "_WAIT_INTERVAL",
+        ">=3.3.6,<3.4",
+        "adapters.postgresql: the default of the overridden wait()",
+    ),
+    Internal(
+        "psycopg",
+        "psycopg.errors",
+        "_WaitTimeout",
+        ">=3.3.6,<3.4",
+        "adapters.postgresql: what a bounded wait that ran out raises",
     ),
     Internal(
         "starlette",

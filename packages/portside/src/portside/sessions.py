@@ -28,7 +28,7 @@ from portside.internals import in_greenlet
 
 __all__ = ["AsyncSession", "Session"]
 
-_ENDED_MESSAGE = (
+ENDED_MESSAGE = (
     "This session belonged to a unit of work that has already ended (for a web "
     "request: the response was already decided), so its transaction is over and its "
     "connection is back in the pool. Code that runs later, such as a background task "
@@ -54,7 +54,7 @@ class _EndableSession(_SQLModelSession):
         # The one place every add, query, flush and connection() goes through before
         # it needs a transaction: refusing here covers them all.
         if self._portside_ended:
-            raise UnitOfWorkEndedError(_ENDED_MESSAGE)
+            raise UnitOfWorkEndedError(ENDED_MESSAGE)
         self._pass_gates()
         return super()._autobegin_t(begin)
 

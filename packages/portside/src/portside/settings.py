@@ -135,7 +135,21 @@ class DatabaseSettings(BaseSettings):
         default=10.0,
         gt=0,
         allow_inf_nan=False,
-        description="Seconds one attempt to open a database connection may take.",
+        description=(
+            "Seconds one attempt to open a database connection may take, and the check "
+            "a pooled PostgreSQL connection gets when it is checked out."
+        ),
+    )
+    statement_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds portside waits for PostgreSQL to answer one statement (commit "
+            "included) before it gives up on the connection, closes it and fails the unit "
+            "of work with 503: a client-side bound for a server or network that stopped "
+            "answering, unlike PostgreSQL's own statement_timeout."
+        ),
     )
     startup_timeout: float = Field(
         default=30.0,
@@ -161,7 +175,9 @@ class DatabaseSettings(BaseSettings):
         allow_inf_nan=False,
         description=(
             "Seconds a session's rollback or close may take before its connection is "
-            "invalidated instead of returned to the pool."
+            "invalidated instead of returned to the pool; also how long closing a "
+            "connection, and disposing the engines at shutdown, may take before the "
+            "connections are dropped without a goodbye."
         ),
     )
     sqlite_busy_timeout: float = Field(

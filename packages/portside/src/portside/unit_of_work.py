@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -23,10 +24,11 @@ import anyio
 import anyio.to_thread
 from sqlalchemy.exc import IllegalStateChangeError
 
-from portside.errors import LifecycleStateError, PartialCommitError
+from portside.errors import LifecycleStateError, PartialCommitError, UnitOfWorkEndedError
 from portside.event_loop import on_event_loop_thread
 from portside.internals import await_
 from portside.serial_gate import GateHolder
+from portside.sessions import ENDED_MESSAGE
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
     from portside.in_flight import InFlight
     from portside.serial_gate import SerialGate
     from portside.sessions import AsyncSession, Session
+
+__all__ = [
+    "UnitOfWork",
+]
 
 logger = logging.getLogger("portside")
 
@@ -141,6 +147,8 @@ class UnitOfWork:
         self._sync: dict[str, Session] = {}
         self._async: dict[str, AsyncSession] = {}
         self._gates: list[SerialGate] = []
+        self._gates_lock = threading.Lock()
+        self._released = False
         self._holder = GateHolder()
         self._counted = False
         self._ended = False
@@ -172,13 +180,26 @@ class UnitOfWork:
         for gate in gates:
             if gate not in self._gates:
                 await gate.acquire(self._holder)
-                self._gates.append(gate)
+                self._keep(gate)
 
     def _pass_blocking(self, gates: list[SerialGate]) -> None:
         for gate in gates:
             if gate not in self._gates:
                 gate.acquire_blocking(self._holder)
+                self._keep(gate)
+
+    def _keep(self, gate: SerialGate) -> None:
+        """Hold ``gate`` until the unit ends; give it back at once if it already has.
+
+        A worker thread a framework abandoned (a cancelled sync handler) may get its
+        turn after the unit was ended on the event loop: it must not keep it.
+        """
+        with self._gates_lock:
+            if not self._released:
                 self._gates.append(gate)
+                return
+        gate.release()
+        raise UnitOfWorkEndedError(ENDED_MESSAGE)
 
     async def async_session(self, name: str | None = None) -> AsyncSession:
         """The unit's async session for database ``name`` (default: the first one).
@@ -341,9 +362,11 @@ class UnitOfWork:
                 self._release()
 
     def _release(self) -> None:
-        for gate in self._gates:
+        with self._gates_lock:
+            self._released = True
+            gates, self._gates = self._gates, []
+        for gate in gates:
             gate.release()
-        self._gates.clear()
         if self._counted:
             self._counted = False
             self._in_flight.leave()

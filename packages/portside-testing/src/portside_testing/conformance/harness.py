@@ -82,6 +82,12 @@ from typing import Any, Literal, Protocol
 
 from portside import DatabaseSettings, Lifecycle
 
+__all__ = [
+    "ASGIApp",
+    "Harness",
+    "Mode",
+]
+
 Mode = Literal["async", "sync"]
 ASGIApp = Any
 

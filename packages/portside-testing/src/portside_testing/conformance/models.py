@@ -12,6 +12,14 @@ from sqlalchemy import Column, ForeignKey, Integer, MetaData
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+__all__ = [
+    "Child",
+    "ConformanceModel",
+    "Item",
+    "conformance_registry",
+    "metadata",
+]
+
 #: The registry (and so the metadata) of the conformance tables only.
 conformance_registry = registry(metadata=MetaData())
 #: Create or drop the conformance tables with ``metadata.create_all(connection)``.

@@ -32,6 +32,12 @@ from typing import Any, Self
 
 import aiosqlite
 
+__all__ = [
+    "PREFETCH_ROWS",
+    "AiosqliteConnection",
+    "BufferedCursor",
+]
+
 #: Rows fetched in the same trip as the statement; the rest wait for a fetch call.
 PREFETCH_ROWS = 1000
 

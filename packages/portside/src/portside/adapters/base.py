@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import sessionmaker
 
-from portside.adapters import failed_statements
+from portside.adapters.failed_statements import install as refuse_commits_after_failures
 from portside.pool_status import PoolStatus, pool_status
 from portside.sessions import AsyncSession, Session
 from portside.urls import mask_url
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 
     from portside.serial_gate import SerialGate
     from portside.settings import DatabaseSettings
+
+__all__ = [
+    "AsyncAdapter",
+    "SyncAdapter",
+]
 
 
 class _Adapter:
@@ -86,7 +91,7 @@ class SyncAdapter(_Adapter):
         super().__init__(settings, url)
         self.engine: Engine = create_engine(url, **self.engine_options())
         self.configure(self.engine)
-        failed_statements.install(self.engine)
+        refuse_commits_after_failures(self.engine)
         self._sessionmaker = self.sessionmaker_for(self.engine)
 
     @staticmethod
@@ -142,7 +147,7 @@ class AsyncAdapter(_Adapter):
         super().__init__(settings, url)
         self.engine: AsyncEngine = create_async_engine(url, **self.engine_options())
         self.configure(self.engine.sync_engine)
-        failed_statements.install(self.engine.sync_engine)
+        refuse_commits_after_failures(self.engine.sync_engine)
         self._sessionmaker = self.sessionmaker_for(self.engine)
 
     @staticmethod

@@ -41,6 +41,10 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine, NestedTransaction
     from sqlalchemy.engine import ExceptionContext
 
+__all__ = [
+    "install",
+]
+
 _KEY = "portside_failed_statements"
 
 

@@ -25,25 +25,71 @@ connection, on every request.
 A read-only transaction error (SQLSTATE 25006: a primary demoted to a standby, a
 database switched to read-only) is treated like a lost connection: the pool is
 invalidated and the next checkout connects afresh, to the new primary.
+
+Every wait on the server is bounded, so a network that drops packets (sockets open,
+nothing coming back) costs a request its 503 and never hangs it, nor shutdown:
+
+- opening a connection: ``connect_timeout`` (a timeout is an ``OperationalError``);
+- the checkout statement (ping or reset): ``connect_timeout``; a connection that
+  does not answer it is dropped and replaced, as a dead one is;
+- each statement, commit included: ``statement_timeout`` (asyncpg's
+  ``command_timeout``; for psycopg, whose waits run in Python, a bound on each of
+  the connection's waits, :func:`bounded_psycopg_connection`). The connection is
+  then closed, after a cancel request that may take ``cleanup_timeout``: what it
+  was doing is unknown. The error is an ``OperationalError`` of an invalidated
+  connection, which the integrations answer with 503;
+- rollback: ``cleanup_timeout`` (psycopg here; asyncpg by the unit of work's
+  bounded cleanup), and closing a connection: ``cleanup_timeout`` (asyncpg's close
+  is otherwise unbounded, or SQLAlchemy's fixed 2 seconds when invalidating);
+- disposal at shutdown: ``cleanup_timeout`` in all (:meth:`Database.dispose
+  <portside.Database.dispose>`), then the pooled asyncpg connections still open
+  are terminated (:meth:`AsyncPostgreSQLAdapter.terminate`), which never waits.
+
+``statement_timeout`` is the client giving up. Unlike PostgreSQL's own
+``statement_timeout`` it stops the statement on the server only if the cancel
+request gets there, which a partition prevents.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import uuid
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 from sqlalchemy import event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
 from portside.internals import await_
 
 if TYPE_CHECKING:
+    import psycopg
+    from psycopg.abc import PQGen
     from sqlalchemy import Engine
-    from sqlalchemy.engine import URL, ExceptionContext
+    from sqlalchemy.engine import URL, Dialect, ExceptionContext
+    from sqlalchemy.pool import ConnectionPoolEntry
 
     from portside.settings import DatabaseSettings
+
+__all__ = [
+    "PING",
+    "READ_ONLY_SQLSTATE",
+    "RESET_SESSION_STATE",
+    "AsyncPostgreSQLAdapter",
+    "PostgreSQLAdapter",
+    "bounded",
+    "bounded_psycopg_connection",
+    "build_postgresql",
+    "checkout_statement",
+]
+
+_T = TypeVar("_T")
 
 
 # libpq URL parameters asyncpg rejects, and where asyncpg takes them instead.
@@ -82,31 +128,215 @@ def checkout_statement(settings: DatabaseSettings) -> str | None:
     return PING if settings.pool_pre_ping else None
 
 
+def _no_answer(seconds: float, setting: str) -> str:
+    return (
+        f"no answer from the database server within {seconds:g}s ({setting}); "
+        "the connection was closed"
+    )
+
+
+def _connect_within_timeout(settings: DatabaseSettings) -> Any:
+    """A ``do_connect`` listener: a connection attempt that times out is an OperationalError.
+
+    asyncpg raises a bare ``TimeoutError``, which SQLAlchemy passes on untranslated.
+    """
+
+    def connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except TimeoutError as exc:
+            dbapi = dialect.loaded_dbapi
+            seconds = settings.connect_timeout
+            raise dbapi.OperationalError(
+                f"could not connect within {seconds:g}s (DATABASE_CONNECT_TIMEOUT)"
+            ) from exc
+
+    return connect
+
+
+def _statement_timeout_is_a_disconnect(settings: DatabaseSettings) -> Any:
+    """A ``handle_error`` listener for asyncpg, whose bounded waits raise ``TimeoutError``.
+
+    The statement (or commit) did not answer within ``statement_timeout``: its
+    outcome is unknown and asyncpg is cancelling it, so the connection is dropped
+    (only this one: a slow statement is no proof the server is gone), and the error
+    becomes an ``OperationalError`` of an invalidated connection, like a lost one.
+    """
+
+    def handle_error(context: ExceptionContext) -> Exception | None:
+        original = context.original_exception
+        if not isinstance(original, TimeoutError):
+            return None
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = False
+        dbapi = context.dialect.loaded_dbapi
+        orig = dbapi.OperationalError(
+            _no_answer(settings.statement_timeout, "DATABASE_STATEMENT_TIMEOUT")
+        )
+        orig.__cause__ = original
+        return DBAPIError.instance(
+            context.statement,
+            context.parameters,
+            orig,
+            dbapi.Error,
+            hide_parameters=settings.hide_parameters,
+            connection_invalidated=True,
+            dialect=context.dialect,
+        )
+
+    return handle_error
+
+
 def _configure(engine: Engine, settings: DatabaseSettings, *, asyncpg: bool) -> None:
     event.listen(engine, "handle_error", _read_only_is_a_disconnect)
     statement = checkout_statement(settings)
     if statement is None:
         return
+    limit = settings.connect_timeout
 
     def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         # The driver's own execute with no arguments: the simple protocol, nothing
         # prepared (safe behind PgBouncer), outside any transaction. A failure makes
-        # the pool replace the connection, as pre-ping does.
+        # the pool replace the connection, as pre-ping does. It is a round trip, so
+        # it gets the time a new connection would (connect_timeout).
         try:
             if asyncpg:
-                await_(dbapi_connection.driver_connection.execute(statement))
+                driver = dbapi_connection.driver_connection
+                try:
+                    await_(driver.execute(statement, timeout=limit))
+                except TimeoutError:
+                    driver.terminate()  # asyncpg would wait for its cancel request
+                    raise
             else:
                 dbapi_connection.autocommit = True
                 try:
-                    dbapi_connection.execute(statement)
+                    with bounded(dbapi_connection, limit, "DATABASE_CONNECT_TIMEOUT"):
+                        dbapi_connection.execute(statement)
                 finally:
-                    dbapi_connection.autocommit = False
+                    if not dbapi_connection.closed:
+                        dbapi_connection.autocommit = False
         except Exception as exc:
             raise DisconnectionError(
                 "the connection failed its checkout check; replacing it"
             ) from exc
 
     event.listen(engine, "checkout", on_checkout)
+
+
+@contextmanager
+def bounded(connection: Any, seconds: float, setting: str) -> Iterator[None]:
+    """Bound each wait of a psycopg ``connection`` by ``seconds`` (``setting``), for a while.
+
+    Instead of the statement timeout; a wait that runs out sends no cancel request.
+    """
+    if not hasattr(connection, "override"):
+        yield  # not one of portside's (nothing to change)
+        return
+    saved, connection.override = connection.override, (seconds, setting)
+    try:
+        yield
+    finally:
+        connection.override = saved
+
+
+@functools.cache
+def bounded_psycopg_connection() -> type[psycopg.Connection[Any]]:
+    """psycopg's ``Connection``, with every wait for the server bounded.
+
+    psycopg waits for the server in Python, in :meth:`psycopg.Connection.wait`, which
+    takes a timeout: each wait gets ``statement_limit`` seconds, a rollback's
+    ``cleanup_limit``, a wait under :func:`bounded` what it says. A wait that runs
+    out closes the connection (the protocol is mid-message, the statement's outcome
+    unknown) and raises ``OperationalError``, which SQLAlchemy takes for a lost
+    connection. Before that, a statement that ran out is cancelled on the server,
+    if the cancel request gets through within ``cleanup_limit`` (libpq 17's
+    non-blocking cancel; older libpq blocks, so it is not tried). Waiting for
+    ``LISTEN`` notifications is no statement and keeps its own timeout.
+    """
+    # Imported here: the sync driver may not be installed (engines="auto").
+    import psycopg  # noqa: PLC0415
+    from psycopg.connection import _WAIT_INTERVAL  # noqa: PLC0415
+    from psycopg.errors import _WaitTimeout  # noqa: PLC0415
+
+    class BoundedConnection(psycopg.Connection[Any]):
+        statement_limit: float | None = None
+        cleanup_limit: float | None = None
+        override: tuple[float, str] | None = None
+
+        def wait(
+            self, gen: PQGen[_T], interval: float = _WAIT_INTERVAL, timeout: float | None = None
+        ) -> _T:
+            if self.override is not None:
+                limit, setting = self.override
+            elif self.statement_limit is not None:
+                limit, setting = self.statement_limit, "DATABASE_STATEMENT_TIMEOUT"
+            else:
+                return super().wait(gen, interval, timeout)
+            if timeout is not None or _is_notifies(gen):
+                return super().wait(gen, interval, timeout)
+            try:
+                return super().wait(gen, interval, limit)
+            except _WaitTimeout:
+                if self.override is None:
+                    self._cancel_within(self.cleanup_limit)
+                self.pgconn.finish()
+                raise psycopg.OperationalError(_no_answer(limit, setting)) from None
+
+        def _cancel_within(self, seconds: float | None) -> None:
+            if seconds is None or not psycopg.capabilities.has_cancel_safe():
+                return
+            with contextlib.suppress(psycopg.Error):
+                self.cancel_safe(timeout=seconds)
+
+        def rollback(self) -> None:
+            if self.cleanup_limit is None or self.override is not None:
+                super().rollback()
+                return
+            with bounded(self, self.cleanup_limit, "DATABASE_CLEANUP_TIMEOUT"):
+                super().rollback()
+
+    return BoundedConnection
+
+
+def _is_notifies(gen: object) -> bool:
+    return getattr(gen, "__name__", None) == "notifies"
+
+
+def _connect_bounded_psycopg(settings: DatabaseSettings) -> Any:
+    """A ``do_connect`` listener opening :func:`bounded_psycopg_connection` connections."""
+
+    def connect(_dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
+        connection = bounded_psycopg_connection().connect(*cargs, **cparams)
+        connection.statement_limit = settings.statement_timeout  # type: ignore[attr-defined]
+        connection.cleanup_limit = settings.cleanup_timeout  # type: ignore[attr-defined]
+        return connection
+
+    return connect
+
+
+async def _close_quietly(connection: Any) -> None:
+    """Close an asyncpg connection within its bound; one that fails is aborted by asyncpg."""
+    with contextlib.suppress(Exception):
+        await connection.close()
+
+
+@functools.cache
+def _asyncpg_connection_class() -> type[Any]:
+    """asyncpg's ``Connection``, whose close waits at most ``close_limit`` seconds."""
+    import asyncpg  # type: ignore[import-untyped]  # noqa: PLC0415 - may not be installed
+
+    class BoundedConnection(asyncpg.Connection):  # type: ignore[misc]
+        close_limit: float | None = None
+
+        async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+            # asyncpg's close waits for the server's goodbye with no timeout (or
+            # command_timeout); SQLAlchemy asks for 2 seconds when it invalidates.
+            limit = self.close_limit
+            if limit is not None:
+                timeout = limit if timeout is None else min(timeout, limit)
+            await super().close(timeout=timeout)
+
+    return BoundedConnection
 
 
 class PostgreSQLAdapter(SyncAdapter):
@@ -129,8 +359,9 @@ class PostgreSQLAdapter(SyncAdapter):
         return checkout_statement(self.settings) is not None
 
     def configure(self, engine: Engine) -> None:
-        """Treat read-only errors as disconnects; ping and reset on checkout."""
+        """Treat read-only errors as disconnects; ping and reset on checkout; bound every wait."""
         _configure(engine, self.settings, asyncpg=False)
+        event.listen(engine, "do_connect", _connect_bounded_psycopg(self.settings))
 
 
 class AsyncPostgreSQLAdapter(AsyncAdapter):
@@ -147,13 +378,20 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
         }
         self._ssl = url.query.get(_LIBPQ_SSLMODE)
         moved = (*_LIBPQ_SERVER_SETTINGS, _LIBPQ_SSLMODE)
+        # The asyncpg connections this engine opened, and those checked out now.
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._in_use: weakref.WeakSet[Any] = weakref.WeakSet()
         super().__init__(settings, url.difference_update_query(moved))
 
     def engine_options(self) -> dict[str, Any]:
-        """Pool knobs from the settings plus asyncpg's connect timeout."""
+        """Pool knobs from the settings plus asyncpg's connect and statement timeouts."""
         options = super().engine_options() | self.pooling_options()
         options["pool_pre_ping"] = False  # done by the checkout statement
-        options["connect_args"] = {"timeout": self.settings.connect_timeout}
+        options["connect_args"] = {
+            "timeout": self.settings.connect_timeout,
+            "command_timeout": self.settings.statement_timeout,
+            "connection_class": _asyncpg_connection_class(),
+        }
         if self._server_settings:
             options["connect_args"]["server_settings"] = self._server_settings
         if self._ssl is not None:
@@ -172,8 +410,62 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
         return checkout_statement(self.settings) is not None
 
     def configure(self, engine: Engine) -> None:
-        """Treat read-only errors as disconnects; ping and reset on checkout."""
+        """Treat read-only errors as disconnects; ping and reset on checkout; bound every wait."""
         _configure(engine, self.settings, asyncpg=True)
+        event.listen(engine, "do_connect", _connect_within_timeout(self.settings))
+        event.listen(engine, "handle_error", _statement_timeout_is_a_disconnect(self.settings))
+        event.listen(engine, "connect", self._opened)
+        event.listen(engine, "checkout", self._checked_out)
+        event.listen(engine, "checkin", self._checked_in)
+
+    def _opened(self, dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        driver = dbapi_connection.driver_connection
+        driver.close_limit = self.settings.cleanup_timeout
+        self._connections.add(driver)
+
+    def _checked_out(self, dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        self._in_use.add(dbapi_connection.driver_connection)
+
+    def _checked_in(self, dbapi_connection: Any, _record: Any) -> None:
+        if dbapi_connection is not None:  # None: it was invalidated, and is closed
+            self._in_use.discard(dbapi_connection.driver_connection)
+
+    async def dispose(self) -> None:
+        """Close the pooled connections, side by side, each within the cleanup timeout.
+
+        A connection whose server does not answer is dropped when its close times
+        out. If the disposal is cut short (cancelled, as :meth:`Database.dispose
+        <portside.Database.dispose>` does when its bound runs out), the pooled
+        connections still open are terminated. Connections checked out by units
+        still running are left to them, as SQLAlchemy's ``dispose()`` does: their
+        own waits are bounded.
+        """
+        try:
+            async with anyio.create_task_group() as group:
+                for connection in self._idle():
+                    group.start_soon(_close_quietly, connection)
+            await self.engine.dispose()  # the pool's connections are closed by now
+        except BaseException:
+            self.terminate()
+            raise
+
+    def terminate(self) -> int:
+        """Drop the pooled connections that are still open, waiting for nothing; how many.
+
+        asyncpg's ``terminate()`` closes the socket without a word to the server: for
+        a server that no longer answers.
+        """
+        idle = self._idle()
+        for connection in idle:
+            connection.terminate()
+        return len(idle)
+
+    def _idle(self) -> list[Any]:
+        return [
+            connection
+            for connection in self._connections
+            if connection not in self._in_use and not connection.is_closed()
+        ]
 
 
 def build_postgresql(

@@ -53,6 +53,12 @@ if TYPE_CHECKING:
     from portside.adapters.aiosqlite_connection import AiosqliteConnection
     from portside.settings import DatabaseSettings
 
+__all__ = [
+    "AsyncSQLiteAdapter",
+    "SQLiteAdapter",
+    "build_sqlite",
+]
+
 _BEGIN_OPTION = "portside_sqlite_begin"
 # Marks the connections of units of work hinted read-only (``writes=False``).
 _READ_ONLY_OPTION = "portside_sqlite_read_only"
