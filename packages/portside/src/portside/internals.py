@@ -2,12 +2,12 @@
 
 portside overrides two private methods of SQLAlchemy's ``Session``, four private
 names of aiosqlite's ``Connection`` and psycopg's ``Connection.wait``, and uses a
-few undocumented hooks of Starlette, Litestar, psycopg and SQLAlchemy. A release of one of them may rename any of these without
-notice. So each is listed here, with the versions it was verified on, and
-``tests/core/test_internals.py`` checks every one of them against the installed
-versions and names the dependency and version when one is gone. The package's
-dependency bounds (``sqlalchemy<2.2``, ``aiosqlite<0.23``, ``psycopg<3.4``) cover the
-verified ranges.
+few undocumented hooks of Starlette, Litestar, psycopg and SQLAlchemy. A release of
+one of them may rename any of these without notice. So each is listed here, with the
+versions it was verified on, and ``tests/core/test_internals.py`` checks every one of
+them against the installed versions and names the dependency and version when one is
+gone. The package's dependency bounds (``sqlalchemy<2.2``, ``aiosqlite<0.23``,
+``psycopg<3.4``) cover the verified ranges.
 
 Where a name differs between supported versions, the shim below picks whichever the
 installed version has (SQLAlchemy 2.1 renamed ``await_only`` to ``await_``).
