@@ -152,6 +152,10 @@ async def test_a_unit_cancelled_in_its_first_statement_leaves_no_transaction_ope
             await session.exec(insert(notes).values(body="after the cancelled one"))
 
 
+async def _execute(connection: AiosqliteConnection, sql: str) -> None:
+    await connection.execute(sql)
+
+
 async def test_rollback_waits_for_a_queued_begin_of_a_cancelled_caller(tmp_path: Path) -> None:
     """A trip still queued may yet begin a transaction: rollback must not be skipped then."""
     path = tmp_path / "race.db"
@@ -161,7 +165,8 @@ async def test_rollback_waits_for_a_queued_begin_of_a_cancelled_caller(tmp_path:
     try:
         await connection.create_function("portside_sleep", 1, time.sleep)
         async with anyio.create_task_group() as group:
-            group.start_soon(connection.execute, "SELECT portside_sleep(0.2)")  # keeps it busy
+            # Keeps it busy (a coroutine function: anyio 4.6 takes nothing else).
+            group.start_soon(_execute, connection, "SELECT portside_sleep(0.2)")
             await anyio.sleep(0.02)
             connection.defer_begin("BEGIN")
             with anyio.move_on_after(0.02):

@@ -148,8 +148,11 @@ def test_backend() -> Iterator[Calls]:
     finally:
         portside.backends._registry.clear()
         portside.backends._registry.update(saved)
-        registry.deregister(BACKEND)
-        registry.deregister(f"{BACKEND}.aiosqlite")
+        for name in (BACKEND, f"{BACKEND}.aiosqlite"):
+            if hasattr(registry, "deregister"):  # SQLAlchemy 2.1
+                registry.deregister(name)
+            else:  # 2.0 keeps the loaders in a plain dict
+                registry.impls.pop(name, None)
 
 
 def test_an_unregistered_backend_is_refused(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The README's examples, and the integrations' docstring examples, run as written.
+"""The README's and the docs' examples, and the integrations' docstrings', run as written.
 
 Each framework example is written, untouched, into a module of a fresh directory
 and served by uvicorn in a subprocess (this environment's python, as ``uv run``
@@ -31,7 +31,9 @@ import portside_litestar
 import portside_starlette
 from tests.integrations.docstrings import docstring_example
 
-README = Path(__file__).parents[2] / "README.md"
+ROOT = Path(__file__).parents[2]
+README = ROOT / "README.md"
+CONCEPTS = ROOT / "docs" / "concepts.md"
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 15.0
 # Warnings are errors, as in the project's pytest configuration, with its one
@@ -40,9 +42,9 @@ SHUTDOWN_TIMEOUT = 15.0
 WARNINGS = ["-W", "error", "-W", "ignore:The declarative_mixin decorator:DeprecationWarning"]
 
 
-def readme_block(heading: str, *, skip: int = 0) -> str:
-    """The python code block ``skip`` blocks after the README heading ``heading``."""
-    text = README.read_text()
+def readme_block(heading: str, *, skip: int = 0, page: Path = README) -> str:
+    """The python code block ``skip`` blocks after the heading ``heading`` of ``page``."""
+    text = "\n" + page.read_text()  # a page's title is its first line
     section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
     assert len(blocks) > skip, f"no python block {skip} under {heading!r}"
@@ -56,12 +58,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(source: str, directory: Path) -> Iterator[httpx.Client]:
-    """Serve ``source``'s ``app`` with uvicorn from ``directory``; stop it gracefully."""
+def served(source: str, directory: Path, python: str = sys.executable) -> Iterator[httpx.Client]:
+    """Serve ``source``'s ``app`` with uvicorn from ``directory``; stop it gracefully.
+
+    ``python``: the interpreter to serve it with (the install test's fresh venv's).
+    """
     (directory / "example_app.py").write_text(source)
     port = free_port()
     log = directory / "uvicorn.log"
-    command = [sys.executable, *WARNINGS, "-m", "uvicorn", "example_app:app", "--port", str(port)]
+    command = [python, *WARNINGS, "-m", "uvicorn", "example_app:app", "--port", str(port)]
     with log.open("wb") as out:
         server = subprocess.Popen(command, cwd=directory, stdout=out, stderr=out)
     try:
@@ -131,6 +136,18 @@ def test_the_readme_framework_example_serves(
         assert client.post(path, json=body).status_code == 201
 
 
+@pytest.mark.parametrize(
+    ("section", "package"),
+    [("FastAPI", "fastapi"), ("Litestar", "litestar"), ("Starlette", "starlette")],
+)
+def test_every_copy_of_the_framework_example_is_the_readmes(section: str, package: str) -> None:
+    """The docs page and the package README (what an index shows) show the tested code."""
+    tested = readme_block(f"## {section}")
+    assert readme_block("## The example", page=ROOT / "docs" / f"{package}.md") == tested
+    package_readme = ROOT / "integrations" / f"portside-{package}" / "README.md"
+    assert readme_block("## Example", page=package_readme) == tested
+
+
 # -- the integrations' docstring examples (they have no read route: read the file) ----------
 
 
@@ -176,7 +193,7 @@ def run_script(source: str, directory: Path) -> str:
 
 
 def test_the_core_example_runs(tmp_path: Path) -> None:
-    source = readme_block("## Use the core directly")
+    source = readme_block("## Use the core directly", page=CONCEPTS)
     output = run_script(source, tmp_path)
     assert "name='Deadpond'" in output
     assert "id=1" in output
@@ -188,7 +205,8 @@ def test_the_core_example_runs(tmp_path: Path) -> None:
 
 
 def test_the_transactions_example_runs(tmp_path: Path) -> None:
-    output = run_script(readme_block("## Transactions to build on"), tmp_path)
+    page = ROOT / "docs" / "transactions.md"
+    output = run_script(readme_block("# Transactions to build on", page=page), tmp_path)
     assert "committed: tell the world" in output
     assert "never printed" not in output
     assert "value 1" in output
@@ -196,7 +214,7 @@ def test_the_transactions_example_runs(tmp_path: Path) -> None:
 
 
 def test_the_scripts_example_runs_without_an_event_loop(tmp_path: Path) -> None:
-    text = README.read_text()
+    text = CONCEPTS.read_text()
     scripts = text[text.index("**Scripts and CLIs.**") :]
     match = re.search(r"```python\n(.*?)```", scripts, re.DOTALL)
     assert match is not None

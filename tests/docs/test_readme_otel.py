@@ -1,4 +1,4 @@
-"""The README's OpenTelemetry examples run as written and report portside's telemetry.
+"""The docs' OpenTelemetry examples run as written and report portside's telemetry.
 
 Each framework's example and the SDK setup it imports are written, untouched, into a
 fresh directory and run in a subprocess (OpenTelemetry's providers are set once per
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.test_readme_examples import WARNINGS, readme_block
+from tests.docs.test_readme_examples import ROOT, WARNINGS, readme_block
 
-SECTION = "## Observability (OpenTelemetry)"
+SECTION = "# Observability (OpenTelemetry)"
+PAGE = ROOT / "docs" / "observability.md"
 DRIVER = """
 import anyio
 from opentelemetry import metrics, trace
@@ -42,8 +43,8 @@ anyio.run(main)
     ("framework", "block"), [("fastapi", 1), ("litestar", 2), ("starlette", 3)]
 )
 def test_the_readme_otel_example_reports(framework: str, block: int, tmp_path: Path) -> None:
-    (tmp_path / "telemetry.py").write_text(readme_block(SECTION))
-    (tmp_path / "example_app.py").write_text(readme_block(SECTION, skip=block))
+    (tmp_path / "telemetry.py").write_text(readme_block(SECTION, page=PAGE))
+    (tmp_path / "example_app.py").write_text(readme_block(SECTION, skip=block, page=PAGE))
     (tmp_path / "drive.py").write_text(DRIVER)
 
     result = subprocess.run(

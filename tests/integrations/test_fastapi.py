@@ -133,6 +133,8 @@ async def test_a_lifespan_given_to_fastapi_still_runs_inside_portsides(tmp_path:
     assert names_in(settings) == ["app+own"]
 
 
+# Starlette before 1.0 warns about the hooks FastAPI passes on (the lowest-direct end).
+@pytest.mark.filterwarnings("ignore:The on_startup and on_shutdown parameters:DeprecationWarning")
 async def test_on_startup_and_on_shutdown_hooks_run_with_the_databases_up(
     tmp_path: Path,
 ) -> None:

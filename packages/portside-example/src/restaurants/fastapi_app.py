@@ -82,7 +82,7 @@ async def update_restaurant(data: RestaurantUpdate, restaurant: RestaurantDep) -
     return restaurant
 
 
-@router.delete("/{restaurant_id}", status_code=204)
+@router.delete("/{restaurant_id}", status_code=204, response_model=None)
 async def delete_restaurant(restaurant: RestaurantDep, session: AsyncSessionDep) -> None:
     await session.delete(restaurant)  # its menu items go too (ON DELETE CASCADE)
 

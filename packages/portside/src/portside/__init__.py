@@ -6,6 +6,7 @@ gets one short-lived unit of work that commits *before* the client hears "succes
 drained and disposed at shutdown. No web framework is imported here.
 """
 
+import importlib.metadata
 import logging
 
 import portside.deadlines  # noqa: F401 - installs the deadline listener on sessions
@@ -42,6 +43,9 @@ from portside.sessions import AsyncSession, Session
 from portside.settings import DatabaseSettings
 from portside.unit_of_work import UnitOfWork
 from portside.urls import mask_url
+
+#: The installed distribution's version (from its metadata: pyproject.toml is the one source).
+__version__ = importlib.metadata.version("portside")
 
 # No NullHandler: with none configured, Python's last-resort handler prints
 # portside's warnings (every response it substitutes, every database it finds down)

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction
 from sqlalchemy.orm import Session as _SASession
-from sqlalchemy.util.concurrency import in_greenlet
 from sqlmodel import Session as _SQLModelSession
 from sqlmodel.ext.asyncio.session import AsyncSession as _SQLModelAsyncSession
 
 from portside.errors import BlockingSessionError, UnitOfWorkEndedError
 from portside.event_loop import on_event_loop_thread
+from portside.internals import in_greenlet
 
 if TYPE_CHECKING:
     from portside.unit_of_work import UnitOfWork

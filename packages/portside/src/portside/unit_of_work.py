@@ -30,13 +30,12 @@ import anyio
 import anyio.to_thread
 from sqlalchemy import Connection
 from sqlalchemy.exc import IllegalStateChangeError
-from sqlalchemy.util import await_
-from sqlalchemy.util.concurrency import in_greenlet
 
 from portside import hooks
 from portside.adapters.postgresql import wal_position
 from portside.errors import LifecycleStateError, PartialCommitError, UnitOfWorkEndedError
 from portside.event_loop import on_event_loop_thread
+from portside.internals import await_, in_greenlet
 from portside.replicas import PRIMARY_POSITION_QUERY, parse_lsn
 from portside.retries import Retries, RetryPolicy
 from portside.serial_gate import GateHolder

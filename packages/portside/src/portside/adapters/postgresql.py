@@ -64,11 +64,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, DisconnectionError
-from sqlalchemy.util import await_
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
 from portside.deadlines import SESSION_TIMEOUT_SET as TIMEOUT_SET
 from portside.deadlines import checkout_settings
+from portside.internals import await_
 from portside.sessions import CHECKOUT_DEADLINE
 
 if TYPE_CHECKING:

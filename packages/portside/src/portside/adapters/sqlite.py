@@ -117,7 +117,7 @@ def _install_defaults(
         # A COMMIT that SQLite refuses (a deferred constraint) leaves the transaction
         # open, and SQLAlchemy then skips its rollback-on-return: end it here, or the
         # next unit of work finds "cannot start a transaction within a transaction".
-        raw = getattr(dbapi_connection, "_connection", dbapi_connection)  # aiosqlite's
+        raw = getattr(dbapi_connection, "driver_connection", dbapi_connection)  # aiosqlite's
         if raw.in_transaction:
             dbapi_connection.rollback()
         clear_sqlite(raw, record.info)  # a unit's deadline ends with the unit
