@@ -295,10 +295,18 @@ class ReplicaSet:
                 text = None
             if text is not None:
                 now = time.monotonic()
-                self._history.append((now, parse_lsn(str(text))))
-                # Older positions only matter to tell "too far behind" apart.
-                keep = self.max_lag + 2 * self.interval
-                while len(self._history) > _MAX_HISTORY or self._history[0][0] < now - keep:
+                position = parse_lsn(str(text))
+                # A position is kept with the time it was first seen, so an idle
+                # primary's last position keeps its age: a replica that stopped
+                # replaying before it goes on lagging, it does not rejoin.
+                if not self._history or self._history[-1][1] != position:
+                    self._history.append((now, position))
+                # Older positions only matter to tell "too far behind" apart; the
+                # newest one at or before the cutoff stays, as that lower bound.
+                cutoff = now - (self.max_lag + 2 * self.interval)
+                while len(self._history) > 1 and (
+                    len(self._history) > _MAX_HISTORY or self._history[1][0] <= cutoff
+                ):
                     self._history.popleft()
         for replica in self.replicas:
             await replica.check(self._history, self.max_lag)

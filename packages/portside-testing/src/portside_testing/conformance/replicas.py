@@ -279,7 +279,8 @@ class ReplicaConformanceSuite:
         self, stage: Stage, replica: StreamingReplicaControl
     ) -> None:
         """Beyond ``replica_max_lag`` reads go to the primary; caught up, back to the replica."""
-        async with self.running(stage, replica, replica_max_lag=0.5) as app:
+        settings = {"replica_max_lag": 0.5, "replica_check_interval": 0.2}
+        async with self.running(stage, replica, **settings) as app:
             await anyio.to_thread.run_sync(replica.pause)
             try:
                 assert (await app.request("POST", "/items", {"name": "late"})).status == 201
@@ -294,6 +295,10 @@ class ReplicaConformanceSuite:
                 assert health.status == 200, "a lagging replica made the app unready"
                 (listed,) = health.json()["databases"]["default"]["replicas"]
                 assert listed["state"] == "lagging"
+                # Long past the positions the monitor keeps (max lag + 2 intervals), with
+                # the primary idle: the replica still trails it, so it stays out.
+                await anyio.sleep(1.5)
+                assert all(r.state is ReplicaState.LAGGING for r in self.replicas(app))
             finally:
                 await anyio.to_thread.run_sync(replica.resume)
             await wait_until(
