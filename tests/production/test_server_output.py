@@ -18,30 +18,40 @@ import pytest
 
 from tests.production.pgbouncer import free_port, listening
 
+#: The lifespan every app below imports: a child table whose foreign key is checked
+#: only at COMMIT, so a write to it fails exactly when portside commits.
+SCHEMA = textwrap.dedent(
+    """
+    from contextlib import asynccontextmanager
+
+    from sqlalchemy import text
+
+    @asynccontextmanager
+    async def lifespan(app, lifecycle):
+        async with lifecycle.async_session() as session:
+            await session.exec(
+                text("CREATE TABLE IF NOT EXISTS child_parent (id INTEGER PRIMARY KEY)")
+            )
+            await session.exec(text(
+                "CREATE TABLE IF NOT EXISTS child (parent_id INTEGER NOT NULL "
+                "REFERENCES child_parent (id) DEFERRABLE INITIALLY DEFERRED)"
+            ))
+        yield
+    """
+)
+
 
 def _fastapi_app(url: str) -> str:
     return textwrap.dedent(
         f"""
-        from contextlib import asynccontextmanager
-
         from fastapi import FastAPI
         from sqlalchemy import text
 
         import portside_fastapi
         from portside import DatabaseSettings
+        from schema import lifespan
         from portside_fastapi import AsyncSessionDep
 
-        @asynccontextmanager
-        async def lifespan(app, lifecycle):
-            async with lifecycle.async_session() as session:
-                await session.exec(
-                    text("CREATE TABLE IF NOT EXISTS child_parent (id INTEGER PRIMARY KEY)")
-                )
-                await session.exec(text(
-                    "CREATE TABLE IF NOT EXISTS child (parent_id INTEGER NOT NULL "
-                    "REFERENCES child_parent (id) DEFERRABLE INITIALLY DEFERRED)"
-                ))
-            yield
 
         app = FastAPI()
         portside_fastapi.install(app, DatabaseSettings(url="{url}"), lifespan=lifespan)
@@ -61,25 +71,13 @@ def _fastapi_app(url: str) -> str:
 def _litestar_app(url: str) -> str:
     return textwrap.dedent(
         f"""
-        from contextlib import asynccontextmanager
-
         from litestar import Litestar, post
         from sqlalchemy import text
 
         from portside import DatabaseSettings
+        from schema import lifespan
         from portside_litestar import AsyncSessionDep, PortsidePlugin
 
-        @asynccontextmanager
-        async def lifespan(app, lifecycle):
-            async with lifecycle.async_session() as session:
-                await session.exec(
-                    text("CREATE TABLE IF NOT EXISTS child_parent (id INTEGER PRIMARY KEY)")
-                )
-                await session.exec(text(
-                    "CREATE TABLE IF NOT EXISTS child (parent_id INTEGER NOT NULL "
-                    "REFERENCES child_parent (id) DEFERRABLE INITIALLY DEFERRED)"
-                ))
-            yield
 
         @post("/down")
         async def down(db_session: AsyncSessionDep) -> dict:
@@ -101,8 +99,6 @@ def _litestar_app(url: str) -> str:
 def _starlette_app(url: str) -> str:
     return textwrap.dedent(
         f"""
-        from contextlib import asynccontextmanager
-
         from sqlalchemy import text
         from starlette.applications import Starlette
         from starlette.responses import JSONResponse
@@ -110,18 +106,8 @@ def _starlette_app(url: str) -> str:
 
         import portside_starlette
         from portside import DatabaseSettings
+        from schema import lifespan
 
-        @asynccontextmanager
-        async def lifespan(app, lifecycle):
-            async with lifecycle.async_session() as session:
-                await session.exec(
-                    text("CREATE TABLE IF NOT EXISTS child_parent (id INTEGER PRIMARY KEY)")
-                )
-                await session.exec(text(
-                    "CREATE TABLE IF NOT EXISTS child (parent_id INTEGER NOT NULL "
-                    "REFERENCES child_parent (id) DEFERRABLE INITIALLY DEFERRED)"
-                ))
-            yield
 
         async def down(request):
             await portside_starlette.async_session(request)
@@ -145,6 +131,7 @@ WRITERS = {"fastapi": _fastapi_app, "litestar": _litestar_app, "starlette": _sta
 
 @pytest.mark.parametrize("framework", sorted(WRITERS))
 def test_every_substituted_response_leaves_one_line(framework: str, tmp_path: Path) -> None:
+    (tmp_path / "schema.py").write_text(SCHEMA)
     (tmp_path / "served.py").write_text(WRITERS[framework](f"sqlite:///{tmp_path}/app.db"))
     port = free_port()
     log = (tmp_path / "server.log").open("wb")
