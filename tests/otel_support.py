@@ -6,7 +6,9 @@ one reader and one exporter; tests read deltas and filter by their own pool name
 
 from __future__ import annotations
 
+import importlib.util
 from collections import defaultdict
+from importlib import metadata
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -15,6 +17,14 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from packaging.version import Version
+
+#: Whether the installed Starlette names the matched route in the request's scope
+#: (1.7 and later), where portside reads ``http.route``; FastAPI and Litestar always do.
+STARLETTE_NAMES_ROUTES = Version(metadata.version("starlette")) >= Version("1.7")
+#: Whether the installed FastAPI starts a server span per request itself (0.142 and
+#: later); older FastAPI needs an ASGI instrumentation for the request spans.
+FASTAPI_TRACES = importlib.util.find_spec("fastapi.telemetry") is not None
 
 _state: dict[str, Any] = {}
 

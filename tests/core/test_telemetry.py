@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from portside import DatabaseSettings, Lifecycle
+from portside import DatabaseSettings, Lifecycle, RetryPolicy, UnitOfWork
 from tests.otel_support import delta, providers, snapshot, spans, value
 
 POOL = "db.client.connection.pool.name"
@@ -182,7 +182,7 @@ def test_off_imports_no_opentelemetry_and_adds_no_listener(tmp_path: Path) -> No
     script = f"""
 import sys, anyio
 from sqlalchemy import text
-from portside import DatabaseSettings, Lifecycle
+from portside import DatabaseSettings, Lifecycle, RetryPolicy, UnitOfWork
 
 async def main():
     settings = DatabaseSettings(url="sqlite:///{tmp_path / "off.db"}")
@@ -234,3 +234,52 @@ async def test_alongside_sqlalchemy_instrumentation_each_statement_has_one_span(
         if s.name not in ("portside unit of work", "portside checkout", "connect")
     )
     assert texts == ["SELECT 0", "SELECT 1", "SELECT 2"], [s.name for s in new]
+
+
+@pytest.mark.anyio
+@pytest.mark.postgresql
+async def test_each_retry_of_a_lost_race_is_counted(postgresql_url: str, name: str) -> None:
+    settings = DatabaseSettings(url=postgresql_url, engines="async", telemetry=True)
+    table = f"counter_{name}"
+    attempts = 0
+    both_read = anyio.Event()
+    readers = 0
+
+    async def increment(unit: UnitOfWork) -> None:
+        nonlocal attempts, readers
+        attempts += 1
+        session = await unit.async_session(name)
+        value = (await session.exec(text(f"SELECT value FROM {table}"))).scalar_one()
+        readers += 1
+        if readers == 2:
+            both_read.set()
+        with anyio.move_on_after(1):  # the first attempts read the same value
+            await both_read.wait()
+        await session.exec(text(f"UPDATE {table} SET value = :v"), params={"v": value + 1})
+
+    async with Lifecycle({name: settings}) as lifecycle:
+        async with lifecycle.async_session(name) as session:
+            await session.exec(text(f"CREATE TABLE {table} (value int NOT NULL)"))
+            await session.exec(text(f"INSERT INTO {table} VALUES (0)"))
+        try:
+            before = snapshot()
+            async with anyio.create_task_group() as group:
+                for _ in range(2):
+                    group.start_soon(
+                        lambda: lifecycle.run(
+                            increment,
+                            retries=RetryPolicy(attempts=5, backoff=0.01),
+                            isolation_level="SERIALIZABLE",
+                        )
+                    )
+            changes = delta(before, snapshot())
+        finally:
+            async with lifecycle.async_session(name) as session:
+                final = (await session.exec(text(f"SELECT value FROM {table}"))).scalar_one()
+                await session.exec(text(f"DROP TABLE {table}"))
+
+    assert final == 2
+    assert attempts > 2, "the two units never conflicted"
+    retried = {"portside.database": name, "portside.retry.reason": "conflict"}
+    assert value(changes, "portside.unit_of_work.retries", **retried) == attempts - 2
+    assert value(changes, "portside.unit_of_work.commits", **{"portside.database": name}) == 2

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.docs.test_readme_examples import ROOT, WARNINGS, readme_block
+from tests.otel_support import FASTAPI_TRACES, STARLETTE_NAMES_ROUTES
 
 SECTION = "# Observability (OpenTelemetry)"
 PAGE = ROOT / "docs" / "observability.md"
@@ -58,11 +59,17 @@ def test_the_readme_otel_example_reports(framework: str, block: int, tmp_path: P
 
     assert result.returncode == 0, result.stderr
     assert "STATUS 200" in result.stdout, result.stdout
-    assert '"name": "portside unit of work"' in result.stdout
-    assert '"portside.unit_of_work.outcome": "commit"' in result.stdout
-    assert '"http.route": "/now"' in result.stdout
     for metric in ("db.client.connection.count", "db.client.connection.wait_time"):
         assert f'"name": "{metric}"' in result.stdout, metric
+    if framework == "fastapi" and not FASTAPI_TRACES:
+        # As the page says: FastAPI before 0.142 starts no request span, so a
+        # request's unit (which joins its request's trace) has none either.
+        assert '"name": "portside unit of work"' not in result.stdout
+        return
+    assert '"name": "portside unit of work"' in result.stdout
+    assert '"portside.unit_of_work.outcome": "commit"' in result.stdout
+    if framework != "starlette" or STARLETTE_NAMES_ROUTES:
+        assert '"http.route": "/now"' in result.stdout
     unit = _span(result.stdout, "portside unit of work")
     assert unit["parent_id"] is not None, "no request span above the unit of work"
 

@@ -167,7 +167,9 @@ def template_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 class admin:  # noqa: N801 - reads as a context manager
     def __init__(self, url: URL) -> None:
         self.engine = create_engine(
-            url.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+            url.set(drivername="postgresql+psycopg", database="postgres"),
+            poolclass=NullPool,
+            isolation_level="AUTOCOMMIT",
         )
 
     def __enter__(self):  # type: ignore[no-untyped-def]

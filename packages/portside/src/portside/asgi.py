@@ -392,6 +392,7 @@ class UnitOfWorkMiddleware:
             )
             if again is None:
                 return
+            unit.retried("conflict" if again != _ON_PRIMARY else "replica")
             if again == _ON_PRIMARY:
                 on_primary = True
                 logger.warning(

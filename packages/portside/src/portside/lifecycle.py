@@ -313,6 +313,7 @@ class Lifecycle:
                 if policy is None or not policy.retries(exc, attempt):
                     raise
                 delay = policy.delay(attempt)
+                unit.retried("conflict")
             logger.info("retrying a unit of work that lost a race (attempt %d)", attempt + 1)
             await anyio.sleep(delay)
             attempt += 1

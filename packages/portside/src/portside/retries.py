@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 from portside.failures import is_retryable_conflict
 
@@ -23,6 +24,9 @@ __all__ = ["Retries", "RetryPolicy"]
 
 #: Request bodies up to this size (bytes) are buffered so a retry can replay them.
 DEFAULT_MAX_BODY = 1024 * 1024
+
+#: Why a unit of work ran again: it lost a race, or its replica failed.
+RetryReason = Literal["conflict", "replica"]
 
 
 @dataclass(frozen=True, slots=True)

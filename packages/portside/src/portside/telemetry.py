@@ -41,6 +41,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import QueuePool
 
 from portside import asgi
+from portside.retries import RetryReason
 from portside.sessions import AsyncSession, Session
 from portside.unit_of_work import UnitOfWork
 
@@ -66,7 +67,7 @@ METRICS: Mapping[str, str] = {
     "db.client.connection.create_time": "seconds opening a new connection took",
     "portside.unit_of_work.commits": "units of work committed, per database",
     "portside.unit_of_work.rollbacks": "units of work rolled back, per database",
-    "portside.unit_of_work.retries": "units of work retried (none are, yet)",
+    "portside.unit_of_work.retries": "units of work run again, per database and reason",
     "portside.error_responses": "responses portside substituted, by HTTP status",
     "portside.connection.held": "checkouts held unused past the threshold, per route",
 }
@@ -77,6 +78,7 @@ SYSTEM = "db.system.name"
 DATABASE = "portside.database"
 OUTCOME = "portside.unit_of_work.outcome"
 ROUTE = "http.route"
+RETRY_REASON = "portside.retry.reason"
 STATUS = "http.response.status_code"
 UNIT_SPAN = "portside unit of work"
 
@@ -503,6 +505,12 @@ class TracedUnitOfWork(UnitOfWork):
             self._record(databases, committed=False, error=exc)
             raise
         self._record(databases, committed=commit, error=None)
+
+    def retried(self, reason: RetryReason) -> None:
+        """See :meth:`UnitOfWork.retried`; counts the retry per database and reason."""
+        retries = _get_instruments().retries
+        for database in self.database_names:
+            retries.add(1, {DATABASE: database, RETRY_REASON: reason})
 
     def _record(
         self, databases: tuple[str, ...], *, committed: bool, error: BaseException | None

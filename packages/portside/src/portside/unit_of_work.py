@@ -37,7 +37,7 @@ from portside.errors import LifecycleStateError, PartialCommitError, UnitOfWorkE
 from portside.event_loop import on_event_loop_thread
 from portside.internals import await_, in_greenlet
 from portside.replicas import PRIMARY_POSITION_QUERY, parse_lsn
-from portside.retries import Retries, RetryPolicy
+from portside.retries import Retries, RetryPolicy, RetryReason
 from portside.serial_gate import GateHolder
 from portside.sessions import ENDED_MESSAGE
 
@@ -199,6 +199,15 @@ class UnitOfWork:
         self.commit_positions: dict[str, int] = {}
         self._primary = False
         self._routed: dict[str, tuple[Replica, int]] = {}
+
+    def retried(self, reason: RetryReason) -> None:
+        """Note that this unit's work runs again, in a new unit, after this one failed.
+
+        The retry loops (the middleware's, :meth:`Lifecycle.transaction`'s) call it
+        once per retry: ``"conflict"`` after a serialization failure or deadlock,
+        ``"replica"`` when a failed replica read runs again on the primary. It does
+        nothing here; a traced unit (``DATABASE_TELEMETRY``) counts it.
+        """
 
     # -- replicas ------------------------------------------------------------------
 
