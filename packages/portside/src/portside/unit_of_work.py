@@ -535,11 +535,12 @@ class UnitOfWork:
                     await self.run_hooks()
 
     def _close_committed(self) -> None:
-        """Close sessions whose commit succeeded: their connections are already back.
+        """Close sessions whose commit succeeded, returning their connections to the pool.
 
         The common path, so it skips the shielded, bounded machinery ``_close_all``
         needs for sessions that may still hold a transaction. With no transaction
-        left, closing does no I/O, so it runs directly, even for async sessions.
+        left, closing (and returning a connection outside any transaction) does no
+        I/O, so it runs directly, even for async sessions.
         """
         try:
             for async_session in self._async.values():
