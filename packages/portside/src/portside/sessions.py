@@ -73,6 +73,14 @@ class _EndableSession(_SQLModelSession):
             bind: Any = self._portside_routed
         else:
             bind = super().get_bind(*args, **kw)
+        kept = self._portside_kept
+        if (
+            kept is not None
+            and (connection := kept.get(bind)) is not None
+            and not connection.closed
+            and not self._portside_ended
+        ):
+            return connection  # every statement after the first: one look-up
         if not self._keeps_connection(bind):
             return bind
         try:
