@@ -14,6 +14,7 @@ works, and SQLAlchemy-only models work too) with two additions:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -192,27 +193,54 @@ class _EndableSession(_SQLModelSession):
             kept = self._portside_kept = {}
         connection = kept.get(engine)
         if connection is None or connection.closed:
-            connection = kept[engine] = engine.connect()
+            connection = engine.connect()
+            if self._portside_ended or self._portside_kept is not kept:
+                # The unit ended while this checkout waited for a connection (a client
+                # that left): nobody would return it.
+                connection.close()
+                raise UnitOfWorkEndedError(ENDED_MESSAGE)
+            kept[engine] = connection
         return connection
+
+    @property
+    def keeps_connections(self) -> bool:
+        """Whether the session holds connections across its transactions (returned by close)."""
+        return bool(self._portside_kept)
 
     def close(self) -> None:
         """Close the session, then return the connections it kept to the pool."""
         try:
             super().close()
         finally:
-            kept, self._portside_kept = self._portside_kept, None
-            for connection in (kept or {}).values():
-                connection.close()
+            self._return_kept(invalidate=False)
 
     def invalidate(self) -> None:
-        """Invalidate the session's connections, then return the kept ones (closed)."""
+        """Invalidate the session's connections, the kept ones included."""
         try:
             super().invalidate()
         finally:
-            kept, self._portside_kept = self._portside_kept, None
-            for connection in (kept or {}).values():
-                connection.invalidate()
+            self._return_kept(invalidate=True)
+
+    def _return_kept(self, *, invalidate: bool) -> None:
+        """Return every kept connection; one whose return fails is dropped, never pooled.
+
+        A cancelled or failed rollback on the way back (a request whose client left)
+        would otherwise leave the connection neither pooled nor closed.
+        """
+        kept, self._portside_kept = self._portside_kept, None
+        failure: BaseException | None = None
+        for connection in (kept or {}).values():
+            try:
+                if invalidate:
+                    connection.invalidate()
                 connection.close()
+            except BaseException as exc:  # cancellation too: drop the connection, then go on
+                failure = failure or exc
+                with contextlib.suppress(Exception):
+                    connection.invalidate()
+                    connection.close()
+        if failure is not None:
+            raise failure
 
     def _connection_for_bind_routed(
         self, engine: Any, execution_options: Any, **kw: Any
