@@ -31,6 +31,8 @@ from benchmarks.models import LIST_LIMIT, NEW_ITEM, ItemCreate
 #: The contestant whose second, identical copy forms the A/A pair.
 AA_REFERENCE = "fastapi-handwritten"
 AA_COPY = "fastapi-handwritten-copy"
+#: ``fastapi-handwritten`` with SQLAlchemy's pre-ping on every checkout.
+PRE_PING = "fastapi-handwritten-preping"
 
 
 def _lazy(module: str, function: str) -> Callable[[BenchDatabase], AppBundle]:
@@ -135,6 +137,15 @@ def roster() -> list[Contestant]:
         asgi_contestant(name, framework, kind, _lazy(module, function))
         for name, framework, kind, module, function in entries
     ]
+    # The seed's pool_pre_ping=True: the safety portside's defaults give, bought per checkout.
+    contestants.append(
+        asgi_contestant(
+            PRE_PING,
+            "fastapi",
+            "handwritten",
+            _on(_lazy("benchmarks.apps_fastapi", "handwritten_app"), BenchDatabase.with_pre_ping),
+        )
+    )
     for framework in ("litestar", "starlette"):
         name = f"{framework}-portside-otel"
         build = _lazy_otel(f"benchmarks.apps_{framework}", "portside_app")

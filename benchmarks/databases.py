@@ -1,11 +1,17 @@
 """The two databases a run uses and the one engine configuration all contestants share.
 
-Every contestant gets the same pool (size, overflow, timeout, recycle, pre-ping)
-and, on SQLite, the same per-connection pragmas portside applies (WAL,
+Every contestant gets the same pool (size, overflow, timeout, recycle) and, on
+SQLite, the same per-connection pragmas portside applies (WAL,
 ``synchronous=NORMAL``, foreign keys, busy timeout): the contestants differ only in
 how a request gets its session, not in how the database is tuned. What portside
 does beyond that (``BEGIN``/``BEGIN IMMEDIATE`` on SQLite) is part of what is
 measured.
+
+The non-portside contestants check no connection at checkout (``pool_pre_ping``
+off: the bare seed app, the reference of every ratio), except those built on
+:meth:`BenchDatabase.with_pre_ping` (``*-handwritten-preping``: the seed's
+``pool_pre_ping=True``, SQLAlchemy's ping on every checkout). portside keeps its
+own defaults, which guarantee what the pre-ping does.
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ class BenchDatabase:
     telemetry: bool = False
     #: A streaming replica of this database, for the ``*-portside-replicas`` contestants.
     replica_url: str | None = None
+    #: SQLAlchemy's ``pool_pre_ping`` for the non-portside contestants (on PostgreSQL).
+    seed_pre_ping: bool = False
 
     @functools.cached_property
     def settings(self) -> DatabaseSettings:
@@ -118,8 +126,13 @@ class BenchDatabase:
 
     @property
     def pre_ping(self) -> bool:
-        """Pre-ping on checkout: portside's default for PostgreSQL, pointless for a file."""
-        return self.backend == "postgresql"
+        """SQLAlchemy's pre-ping for the non-portside contestants: only where asked, never
+        for a file."""
+        return self.backend == "postgresql" and self.seed_pre_ping
+
+    def with_pre_ping(self) -> BenchDatabase:
+        """This database with the seed's ``pool_pre_ping=True`` (``*-handwritten-preping``)."""
+        return dataclasses.replace(self, seed_pre_ping=True)
 
     def engine_options(self) -> dict[str, Any]:
         """``create_async_engine`` keyword arguments every non-portside contestant uses."""

@@ -18,7 +18,7 @@ from importlib import metadata
 from typing import Any
 
 from benchmarks.checks import ROUTE_LABELS
-from benchmarks.contestants import AA_COPY, AA_REFERENCE
+from benchmarks.contestants import AA_COPY, AA_REFERENCE, PRE_PING
 from benchmarks.runner import Cell, Results
 
 
@@ -47,6 +47,8 @@ COMPARISONS = (
     Comparison("fastapi-portside", "fastapi-advanced-alchemy", 1.20),
     Comparison("litestar-portside", "litestar-advanced-alchemy"),
     Comparison(AA_COPY, AA_REFERENCE),
+    Comparison("fastapi-portside", PRE_PING),
+    Comparison(PRE_PING, AA_REFERENCE),
     # Telemetry's cost (run only when named: --contestants 'starlette-portside*').
     Comparison("starlette-portside-otel", "starlette-portside", 0.95),
     Comparison("litestar-portside-otel", "litestar-portside", 0.95),

@@ -6,8 +6,11 @@ forwarding in both directions while keeping every socket open: the kernel still
 accepts (and acknowledges) what the client sends, nothing reaches the server and
 nothing comes back, as when packets are dropped somewhere on the way. New
 connections are still accepted while frozen, and never forwarded. :meth:`thaw`
-resumes forwarding. One thread does all the work, so the proxy keeps running
-whatever the event loop under test does.
+resumes forwarding. :meth:`sever_on_use` drops the connections forwarded so far
+the way a NAT or load balancer that forgot an idle flow does: the server's side
+is closed, the client's is told nothing until it sends, and is then reset. One
+thread does all the work, so the proxy keeps running whatever the event loop
+under test does.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import struct
 import threading
 from types import TracebackType
 from typing import Self
@@ -52,6 +56,9 @@ class PartitionProxy:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self.accepted = 0
+        self._sever = threading.Event()
+        self._severed = threading.Event()
+        self._doomed: set[socket.socket] = set()
         self._thread = threading.Thread(target=self._run, name="partition-proxy", daemon=True)
 
     def __enter__(self) -> Self:
@@ -94,6 +101,17 @@ class PartitionProxy:
         """Forward again (what was sent meanwhile is delivered late)."""
         self._frozen.clear()
 
+    def sever_on_use(self) -> None:
+        """Close the server side of every connection; reset each client's when it next sends.
+
+        The client sees nothing until then: no data, no FIN, as after a NAT or load
+        balancer dropped an idle flow. New connections are forwarded as usual.
+        """
+        self._severed.clear()
+        self._sever.set()
+        if not self._severed.wait(timeout=5):
+            raise RuntimeError("the proxy thread did not sever its connections")
+
     def stop(self) -> None:
         """Close every connection and the listener."""
         self._stopping.set()
@@ -109,6 +127,8 @@ class PartitionProxy:
         with selectors.DefaultSelector() as selector:
             selector.register(self._listener, selectors.EVENT_READ)
             while not self._stopping.is_set():
+                if self._sever.is_set():
+                    self._sever_all(selector)
                 for key, _ in selector.select(timeout=_TICK):
                     sock = key.fileobj
                     assert isinstance(sock, socket.socket)
@@ -136,7 +156,36 @@ class PartitionProxy:
         selector.register(client, selectors.EVENT_READ)
         selector.register(server, selectors.EVENT_READ)
 
+    def _sever_all(self, selector: selectors.BaseSelector) -> None:
+        with self._lock:
+            pairs = {id(pair): pair for pair in self._pairs.values()}.values()
+            for pair in pairs:
+                if pair.client in self._doomed:
+                    continue
+                with contextlib.suppress(KeyError, ValueError):
+                    selector.unregister(pair.server)
+                with contextlib.suppress(OSError):
+                    pair.server.close()
+                self._pairs.pop(pair.server, None)
+                self._doomed.add(pair.client)
+        self._sever.clear()
+        self._severed.set()
+
+    def _reset(self, selector: selectors.BaseSelector, client: socket.socket) -> None:
+        """Answer what a doomed client sent with a reset (RST), forwarding nothing."""
+        with contextlib.suppress(KeyError, ValueError):
+            selector.unregister(client)
+        with self._lock:
+            self._doomed.discard(client)
+            self._pairs.pop(client, None)
+        with contextlib.suppress(OSError):
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+
     def _forward(self, selector: selectors.BaseSelector, sock: socket.socket) -> None:
+        if sock in self._doomed:
+            self._reset(selector, sock)
+            return
         with self._lock:
             pair = self._pairs.get(sock)
         if pair is None:

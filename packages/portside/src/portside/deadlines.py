@@ -8,12 +8,9 @@ how much time is left:
   deadline. Each statement, and each wait for a lock, may take at most what was
   left when the transaction began. A statement stopped this way fails with SQLSTATE
   57014 (answered 504), a lock wait with 55P03 (answered 409, retry may succeed).
-  They travel in the round trip the pool makes anyway when it hands out a
-  connection (the reset or ping, see :mod:`portside.adapters.postgresql`), as
-  session settings the next checkout resets; behind PgBouncer (``pgbouncer=True``),
-  without a checkout statement, or on the test kit's connection, they are set
-  with ``set_config(..., true)`` (``SET LOCAL``, ending with the transaction) in a
-  round trip of their own;
+  They are set with ``set_config(..., true)`` (``SET LOCAL``, ending with the
+  transaction, so the connection needs no reset afterwards), one round trip at
+  the start of each of the unit's transactions;
 * SQLite: a progress handler interrupts any statement once the deadline has passed
   (``SQLITE_INTERRUPT``, answered 504). It is removed when the connection goes back
   to the pool.
@@ -40,24 +37,8 @@ _SQLITE_CHECK_EVERY = 1000
 _MIN_MS = 1
 
 
-#: Connection-record flag: this checkout's round trip already set the deadline.
-APPLIED_AT_CHECKOUT = "portside_deadline_applied"
 #: Connection-record flag: a SQLite progress handler is set and must be removed.
 PROGRESS_HANDLER_SET = "portside_progress_handler_set"
-#: Connection-record flag: a session-level timeout is set and must be undone.
-SESSION_TIMEOUT_SET = "portside_session_timeout_set"
-
-
-def checkout_settings(deadline: float | None, record_info: dict[str, Any]) -> str:
-    """SQL to append to a PostgreSQL checkout statement for the unit checking out."""
-    if deadline is not None:
-        ms = _remaining_ms(deadline)
-        record_info[APPLIED_AT_CHECKOUT] = record_info[SESSION_TIMEOUT_SET] = True
-        return f"; SET statement_timeout = {ms}; SET lock_timeout = {ms}"
-    record_info[APPLIED_AT_CHECKOUT] = False
-    if record_info.pop(SESSION_TIMEOUT_SET, False):
-        return "; SET statement_timeout TO DEFAULT; SET lock_timeout TO DEFAULT"
-    return ""
 
 
 def _remaining_ms(deadline: float) -> int:
@@ -75,8 +56,6 @@ def sqlite_connection(driver_connection: Any) -> sqlite3.Connection | None:
 def _apply(connection: Connection, deadline: float) -> None:
     dialect = connection.dialect.name
     if dialect == "postgresql":
-        if connection.connection.info.get(APPLIED_AT_CHECKOUT):
-            return  # the checkout's round trip carried it
         ms = _remaining_ms(deadline)
         # A literal integer: no parameters, so the same text for every driver.
         connection.exec_driver_sql(

@@ -1,9 +1,10 @@
 """Every private or undocumented name of a dependency that portside relies on.
 
-portside overrides two private methods of SQLAlchemy's ``Session``, four private
-names of aiosqlite's ``Connection`` and psycopg's ``Connection.wait``, and uses a
-few undocumented hooks of Starlette, Litestar, psycopg and SQLAlchemy. A release of
-one of them may rename any of these without notice. So each is listed here, with the
+portside overrides two private methods of SQLAlchemy's ``Session``, calls one of
+its pool's connection records, uses four private names of aiosqlite's
+``Connection`` and psycopg's ``Connection.wait``, and a few undocumented hooks of
+Starlette, Litestar, psycopg and SQLAlchemy. A release of one of them may rename any
+of these without notice. So each is listed here, with the
 versions it was verified on, and ``tests/core/test_internals.py`` checks every one of
 them against the installed versions and names the dependency and version when one is
 gone. The package's dependency bounds (``sqlalchemy<2.2``, ``aiosqlite<0.23``,
@@ -78,6 +79,15 @@ INTERNALS: tuple[Internal, ...] = (
         ">=2.0.38,<2.2",
         "portside.sessions: pass the unit's gates before a session's first connection",
         parameters=("self", "engine", "execution_options"),
+    ),
+    Internal(
+        "sqlalchemy",
+        "sqlalchemy.pool.base._ConnectionRecord",
+        "get_connection",
+        ">=2.0.38,<2.2",
+        "adapters.postgresql: open a new connection in a lost one's place under the same "
+        "checkout, as SQLAlchemy's own pre-ping does, for a first statement run again",
+        parameters=("self",),
     ),
     Internal(
         "sqlalchemy",

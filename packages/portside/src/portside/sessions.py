@@ -14,8 +14,8 @@ works, and SQLAlchemy-only models work too) with two additions:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, event
@@ -48,11 +48,6 @@ _ON_EVENT_LOOP_MESSAGE = (
 )
 
 
-#: The deadline (``time.monotonic()``) of the unit whose session is checking out a
-#: connection right now, so that the checkout's own round trip can carry it.
-CHECKOUT_DEADLINE: ContextVar[float | None] = ContextVar("portside_checkout_deadline", default=None)
-
-
 class _EndableSession(_SQLModelSession):
     """A SQLModel ``Session`` that cannot be used after its unit of work ended."""
 
@@ -66,6 +61,8 @@ class _EndableSession(_SQLModelSession):
     # Read-your-writes: the connection of a write, whose WAL position is read after COMMIT.
     _portside_track_position: Callable[[Connection], None] | None = None
     _portside_wrote: bool = False
+    # Engine -> the connection the unit's session keeps across its transactions.
+    _portside_kept: dict[Engine, Connection] | None = None
 
     def get_bind(self, *args: Any, **kw: Any) -> Any:
         # Every statement and flush asks here for its engine just before connecting,
@@ -74,8 +71,41 @@ class _EndableSession(_SQLModelSession):
             route, self._portside_route = self._portside_route, None
             self._portside_routed = route()
         if self._portside_routed is not None and kw.get("bind") is None:
-            return self._portside_routed
-        return super().get_bind(*args, **kw)
+            bind: Any = self._portside_routed
+        else:
+            bind = super().get_bind(*args, **kw)
+        kept = self._portside_kept
+        if (
+            kept is not None
+            and (connection := kept.get(bind)) is not None
+            and not connection.closed
+            and not self._portside_ended
+        ):
+            return connection  # every statement after the first: one look-up
+        if not self._keeps_connection(bind):
+            return bind
+        try:
+            return self._kept_connection(bind)
+        except Exception as exc:
+            # asyncpg's refused connection is a bare OSError that never reaches the
+            # engine's handle_error event: tell the route here.
+            if bind is self._portside_routed and self._portside_route_failed is not None:
+                self._portside_route_failed(exc)
+            raise
+
+    def _keeps_connection(self, bind: Any) -> bool:
+        """Whether statements on ``bind`` use a connection the session keeps.
+
+        A unit's session on a PostgreSQL engine, before the unit ended, where it can
+        check out (an async engine only from inside SQLAlchemy's greenlet).
+        """
+        return (
+            self._portside_unit is not None
+            and not self._portside_ended
+            and isinstance(bind, Engine)
+            and bind.dialect.name == "postgresql"
+            and (not bind.dialect.is_async or in_greenlet())
+        )
 
     def route_reads(
         self, route: Callable[[], Engine | None], failed: Callable[[BaseException], None]
@@ -143,20 +173,74 @@ class _EndableSession(_SQLModelSession):
         # A statement in a transaction that add() began (outside the greenlet, so
         # without waiting) gets its connection here, still before any I/O.
         self._pass_gates()
-        if self._portside_deadline is None:
-            return self._connection_for_bind_in_route(engine, execution_options, **kw)
-        token = CHECKOUT_DEADLINE.set(self._portside_deadline)
-        try:
-            return self._connection_for_bind_in_route(engine, execution_options, **kw)
-        finally:
-            CHECKOUT_DEADLINE.reset(token)
-
-    def _connection_for_bind_in_route(
-        self, engine: Any, execution_options: Any = None, **kw: Any
-    ) -> Connection:
         if self._portside_routed is not None:
             return self._connection_for_bind_routed(engine, execution_options, **kw)
         return super()._connection_for_bind(engine, execution_options, **kw)
+
+    def _kept_connection(self, engine: Engine) -> Connection:
+        """The connection this unit's session keeps checked out from ``engine``.
+
+        A route that commits mid-request and goes on working begins its next
+        transaction on the same connection: one checkout per unit, not one per
+        transaction. :meth:`get_bind` hands it to every statement and flush as their
+        bind; the session does not close a connection it was handed, so it is
+        returned when the session closes (:meth:`close`), after the unit's gates
+        were passed as before any checkout.
+        """
+        self._pass_gates()
+        kept = self._portside_kept
+        if kept is None:
+            kept = self._portside_kept = {}
+        connection = kept.get(engine)
+        if connection is None or connection.closed:
+            connection = engine.connect()
+            if self._portside_ended or self._portside_kept is not kept:
+                # The unit ended while this checkout waited for a connection (a client
+                # that left): nobody would return it.
+                connection.close()
+                raise UnitOfWorkEndedError(ENDED_MESSAGE)
+            kept[engine] = connection
+        return connection
+
+    @property
+    def keeps_connections(self) -> bool:
+        """Whether the session holds connections across its transactions (returned by close)."""
+        return bool(self._portside_kept)
+
+    def close(self) -> None:
+        """Close the session, then return the connections it kept to the pool."""
+        try:
+            super().close()
+        finally:
+            self._return_kept(invalidate=False)
+
+    def invalidate(self) -> None:
+        """Invalidate the session's connections, the kept ones included."""
+        try:
+            super().invalidate()
+        finally:
+            self._return_kept(invalidate=True)
+
+    def _return_kept(self, *, invalidate: bool) -> None:
+        """Return every kept connection; one whose return fails is dropped, never pooled.
+
+        A cancelled or failed rollback on the way back (a request whose client left)
+        would otherwise leave the connection neither pooled nor closed.
+        """
+        kept, self._portside_kept = self._portside_kept, None
+        failure: BaseException | None = None
+        for connection in (kept or {}).values():
+            try:
+                if invalidate:
+                    connection.invalidate()
+                connection.close()
+            except BaseException as exc:  # cancellation too: drop the connection, then go on
+                failure = failure or exc
+                with contextlib.suppress(Exception):
+                    connection.invalidate()
+                    connection.close()
+        if failure is not None:
+            raise failure
 
     def _connection_for_bind_routed(
         self, engine: Any, execution_options: Any, **kw: Any

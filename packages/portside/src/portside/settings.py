@@ -127,8 +127,21 @@ class DatabaseSettings(BaseSettings):
     pool_pre_ping: bool = Field(
         default=True,
         description=(
-            "Test each pooled connection with a cheap ping on checkout and replace it if "
-            "the server has dropped it."
+            "Make sure a pooled connection is alive when it is checked out, and replace it "
+            "if the server or the network has dropped it. On PostgreSQL this costs no round "
+            "trip for a connection used in the last pool_pre_ping_idle seconds: the socket "
+            "is checked for the server's goodbye, and a first statement that finds the "
+            "connection lost runs again on a new one."
+        ),
+    )
+    pool_pre_ping_idle: float = Field(
+        default=30.0,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "With pool_pre_ping on PostgreSQL: seconds a pooled connection may sit idle "
+            "before its checkout pings it (one round trip), for the networks that drop an "
+            "idle connection without a word; 0 pings at every checkout."
         ),
     )
     connect_timeout: float = Field(
@@ -220,7 +233,8 @@ class DatabaseSettings(BaseSettings):
         description=(
             "Reset a PostgreSQL connection's session state (SET parameters, role, temporary "
             "tables, LISTEN, advisory locks) before the pool hands it out again, so no "
-            "request sees another's."
+            "request sees another's; only once a statement that may have changed it ran "
+            "on the connection."
         ),
     )
 

@@ -528,7 +528,7 @@ class UnitOfWork:
             self._committed = committed
             try:
                 if committed:
-                    self._close_committed()
+                    await self._close_committed()
                 else:
                     with anyio.CancelScope(shield=True):
                         await self._close_all()
@@ -543,17 +543,23 @@ class UnitOfWork:
                 if run_hooks and self._hooks is not None:
                     await self.run_hooks()
 
-    def _close_committed(self) -> None:
-        """Close sessions whose commit succeeded: their connections are already back.
+    async def _close_committed(self) -> None:
+        """Close sessions whose commit succeeded, returning their connections to the pool.
 
         The common path, so it skips the shielded, bounded machinery ``_close_all``
         needs for sessions that may still hold a transaction. With no transaction
-        left, closing does no I/O, so it runs directly, even for async sessions.
+        left, closing does no I/O, so it runs directly, even for async sessions;
+        except returning an async connection the session kept (see
+        :meth:`portside.sessions._EndableSession.get_bind`), which may close it (an
+        overflow connection), and asyncpg's close awaits, in SQLAlchemy's greenlet.
         """
         try:
             for async_session in self._async.values():
                 async_session.mark_ended()
-                async_session.sync_session.close()
+                if async_session.sync_session.keeps_connections:
+                    await async_session.close()
+                else:
+                    async_session.sync_session.close()
             for sync_session in self._sync.values():
                 sync_session.mark_ended()
                 sync_session.close()

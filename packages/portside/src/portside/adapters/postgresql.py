@@ -1,26 +1,32 @@
 """PostgreSQL adapters: psycopg 3 (sync) and asyncpg (async).
 
-Defaults: a queue pool sized from the settings, pre-ping on checkout (a connection
-the server or a proxy dropped is replaced instead of failing the request) and
-recycling, and a bounded connect timeout so startup and pool refills cannot hang.
+Defaults: a queue pool sized from the settings, recycling, a bounded connect
+timeout so startup and pool refills cannot hang, and, when a connection is checked
+out, as few round trips as keep every guarantee (:class:`_Checkout`):
 
-Also, from the settings:
-
+- ``pool_pre_ping``: a connection the server or a proxy dropped is replaced instead
+  of failing the request. Checked for free first: a connection the server closed
+  (restart, failover, ``pg_terminate_backend``, an idle timeout) has its goodbye
+  waiting on the socket, which asyncpg has already read and psycopg's socket shows
+  without a round trip. A real ping (``SELECT 1``) runs only for a connection idle
+  for ``pool_pre_ping_idle`` seconds or more (a dropped network path says nothing),
+  one whose socket has something to say, or one that was idle in the pool when
+  another connection of the pool was lost. Otherwise the first statement of the
+  checkout goes out unchecked, and if it fails because the connection was lost
+  (not a timeout, not in autocommit), it is run once more on a new connection: in
+  a transaction, a lost connection's statement was rolled back with it.
 - ``pgbouncer``: no named prepared statement outlives its transaction, so PgBouncer
   in transaction pooling can hand each transaction a different server connection.
   psycopg never prepares (``prepare_threshold=None``); asyncpg keeps no statement
   cache (``statement_cache_size=0``, SQLAlchemy's ``prepared_statement_cache_size=0``)
   and names each statement uniquely, so two clients sharing a server connection
   never collide. The checkout statement below is unprepared either way.
-- ``reset_session_state``: a connection's session state is reset
-  (:data:`RESET_SESSION_STATE`) before the pool hands it to the next unit of work, so
-  a request's ``SET``/``SET ROLE`` never reaches the next request that borrows the
-  same connection.
-
-Both happen in one round trip when a connection is checked out: the reset is the
-ping (a dead connection fails it and is replaced). Resetting on the way back to the
-pool instead would cost a second round trip, inside the time a request holds its
-connection, on every request.
+- ``reset_session_state``: a connection on which a statement ran that may have
+  changed its session state (:mod:`portside.session_state`: ``SET``, ``SET ROLE``,
+  ``set_config(..., false)``, ``LISTEN``, temporary tables, unknown functions...)
+  is reset (:data:`RESET_SESSION_STATE`) when it is next checked out, in the round
+  trip that also pings it, so a request's ``SET`` never reaches the next request
+  that borrows the same connection. A connection nothing changed is not reset.
 
 A read-only transaction error (SQLSTATE 25006: a primary demoted to a standby, a
 database switched to read-only) is treated like a lost connection: the pool is
@@ -37,7 +43,8 @@ nothing coming back) costs a request its 503 and never hangs it, nor shutdown:
   the connection's waits, :func:`bounded_psycopg_connection`). The connection is
   then closed, after a cancel request that may take ``cleanup_timeout``: what it
   was doing is unknown. The error is an ``OperationalError`` of an invalidated
-  connection, which the integrations answer with 503;
+  connection, which the integrations answer with 503; the connections that were
+  idle in the pool meanwhile are pinged at their next checkout;
 - rollback: ``cleanup_timeout`` (psycopg here; asyncpg by the unit of work's
   bounded cleanup), and closing a connection: ``cleanup_timeout`` (asyncpg's close
   is otherwise unbounded, or SQLAlchemy's fixed 2 seconds when invalidating);
@@ -55,27 +62,29 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import select
+import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from sqlalchemy import event
+from sqlalchemy.engine.interfaces import ExecuteStyle
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
-from portside.deadlines import SESSION_TIMEOUT_SET as TIMEOUT_SET
-from portside.deadlines import checkout_settings
 from portside.internals import await_
-from portside.sessions import CHECKOUT_DEADLINE
+from portside.session_state import may_change_session_state
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg.abc import PQGen
     from sqlalchemy import Connection, Engine
     from sqlalchemy.engine import URL, Dialect, ExceptionContext
+    from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
     from sqlalchemy.pool import ConnectionPoolEntry
 
     from portside.settings import DatabaseSettings
@@ -89,7 +98,6 @@ __all__ = [
     "bounded",
     "bounded_psycopg_connection",
     "build_postgresql",
-    "checkout_statement",
 ]
 
 _T = TypeVar("_T")
@@ -102,15 +110,16 @@ _LIBPQ_SSLMODE = "sslmode"
 #: SQLSTATE of "cannot execute ... in a read-only transaction".
 READ_ONLY_SQLSTATE = "25006"
 
-#: What ``reset_session_state`` runs when a connection is checked out, in one round
-#: trip outside any transaction: ``DISCARD ALL`` minus ``DEALLOCATE ALL``,
-#: ``DISCARD PLANS`` and ``DISCARD SEQUENCES``, which would pull prepared statements
-#: from under asyncpg's and psycopg's statement caches.
+#: What ``reset_session_state`` runs when a connection whose session state may have
+#: changed is checked out, in one round trip outside any transaction (it pings, too):
+#: ``DISCARD ALL`` minus ``DEALLOCATE ALL``, ``DISCARD PLANS`` and ``DISCARD
+#: SEQUENCES``, which would pull prepared statements from under asyncpg's and
+#: psycopg's statement caches.
 RESET_SESSION_STATE = (
     "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
     "SELECT pg_advisory_unlock_all(); DISCARD TEMP"
 )
-#: The checkout statement when only the pre-ping is wanted.
+#: The checkout's ping, for a connection that may be dead.
 PING = "SELECT 1"
 
 
@@ -153,13 +162,6 @@ def wal_position(connection: Connection, query: str) -> str | None:
 
 def _unique_statement_name() -> str:
     return f"__asyncpg_{uuid.uuid4().hex}__"
-
-
-def checkout_statement(settings: DatabaseSettings) -> str | None:
-    """What runs when a connection is checked out: the reset, the ping, or nothing."""
-    if settings.reset_session_state:
-        return RESET_SESSION_STATE
-    return PING if settings.pool_pre_ping else None
 
 
 def _no_answer(seconds: float, setting: str) -> str:
@@ -221,28 +223,128 @@ def _statement_timeout_is_a_disconnect(settings: DatabaseSettings) -> Any:
     return handle_error
 
 
-def _configure(engine: Engine, settings: DatabaseSettings, *, asyncpg: bool) -> None:
-    event.listen(engine, "handle_error", _read_only_is_a_disconnect)
-    checkout = checkout_statement(settings)
-    if checkout is None:
-        return
-    limit = settings.connect_timeout
-    # Behind PgBouncer a session setting would reach other clients: SET LOCAL instead.
-    carries_deadline = not settings.pgbouncer
+# Connection-record keys (``record.info``, cleared when a connection is replaced).
+#: When the connection was opened or last returned to the pool (``time.monotonic()``).
+_LAST_USED = "portside_last_used"
+#: The connection has just been opened: the checkout needs no check.
+_FRESH = "portside_fresh"
+#: A statement ran that may have changed its session state: reset it at next checkout.
+_DIRTY = "portside_session_state_changed"
+#: Set (to the record itself) when a checkout sent nothing: the first statement may
+#: be retried once on a new connection if this one turns out to be lost.
+_UNVERIFIED = "portside_unverified"
 
-    def on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        # The driver's own execute with no arguments: the simple protocol, nothing
-        # prepared (safe behind PgBouncer), outside any transaction. A failure makes
-        # the pool replace the connection, as pre-ping does. It is a round trip, so
-        # it gets the time a new connection would (connect_timeout). The unit's
-        # deadline rides along (see portside.deadlines).
-        statement = checkout
-        if carries_deadline and (
-            (deadline := CHECKOUT_DEADLINE.get()) is not None or record.info.get(TIMEOUT_SET)
+
+class _Checkout:
+    """What one engine does when its pool hands out a connection, and at its first statement.
+
+    Listeners on the engine's pool (``connect``, ``checkout``, ``checkin``) and
+    dialect (``do_execute*``, ``handle_error``). The checkout talks to the server
+    only when it has to (see the module's docstring): a connection that may be
+    dead, or whose session state may have changed.
+    """
+
+    def __init__(
+        self,
+        settings: DatabaseSettings,
+        *,
+        asyncpg: bool,
+        reconnected: Callable[[Any], None] | None = None,
+    ) -> None:
+        self._asyncpg = asyncpg
+        self._reconnected = reconnected
+        self._limit = settings.connect_timeout
+        self._pre_ping = settings.pool_pre_ping
+        self._idle = settings.pool_pre_ping_idle
+        self._reset = settings.reset_session_state
+        #: When a connection of this pool was last lost (``time.monotonic()``).
+        self._lost_at = -math.inf
+
+    def install(self, engine: Engine) -> None:
+        event.listen(engine, "connect", self._connected)
+        event.listen(engine, "checkin", self._checked_in)
+        event.listen(engine, "handle_error", self._error)
+        if self._pre_ping or self._reset:
+            event.listen(engine, "checkout", self._checkout)
+        if self._reset:
+            event.listen(engine, "before_cursor_execute", self._observe)
+        if self._pre_ping:
+            dialect = engine.dialect
+            event.listen(dialect, "do_execute", self._first(dialect.do_execute), retval=True)
+            event.listen(
+                dialect, "do_executemany", self._first(dialect.do_executemany), retval=True
+            )
+            event.listen(
+                dialect,
+                "do_execute_no_params",
+                self._first(dialect.do_execute_no_params),
+                retval=True,
+            )
+
+    # -- the pool's events -------------------------------------------------------
+
+    def _connected(self, _dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_LAST_USED] = time.monotonic()
+        record.info[_FRESH] = True
+
+    def _checked_in(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is not None:  # None: it was invalidated
+            record.info[_LAST_USED] = time.monotonic()
+            record.info.pop(_UNVERIFIED, None)
+
+    def _error(self, context: ExceptionContext) -> None:
+        # asyncpg's statement timeout is a bare TimeoutError (made a disconnect later).
+        if context.is_disconnect or isinstance(context.original_exception, TimeoutError):
+            self._lost_at = time.monotonic()
+
+    def _checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        info = record.info
+        if info.pop(_FRESH, False):
+            return
+        if self._reset and info.get(_DIRTY):
+            self._run(dbapi_connection, RESET_SESSION_STATE)
+            del info[_DIRTY]
+            return
+        if not self._pre_ping:
+            return
+        last_used = info.get(_LAST_USED, -math.inf)
+        if (
+            time.monotonic() - last_used >= self._idle
+            or last_used <= self._lost_at
+            or not self._looks_alive(dbapi_connection)
         ):
-            statement += checkout_settings(deadline, record.info)
+            self._run(dbapi_connection, PING)
+        else:
+            info[_UNVERIFIED] = record
+
+    def _looks_alive(self, dbapi_connection: Any) -> bool:
+        """Whether the connection shows no sign of being closed, without a round trip.
+
+        asyncpg reads the socket on the event loop: a connection the server closed
+        is already marked closed. psycopg reads only when asked: a socket with
+        something to read (an idle connection is told nothing but its end) gets
+        the real ping.
+        """
+        if self._asyncpg:
+            return not dbapi_connection.driver_connection.is_closed()
+        if dbapi_connection.closed:
+            return False
         try:
-            if asyncpg:
+            readable, _, _ = select.select([dbapi_connection.pgconn.socket], [], [], 0)
+        except Exception:  # no socket to look at: let the ping find out
+            return False
+        return not readable
+
+    def _run(self, dbapi_connection: Any, statement: str) -> None:
+        """Run ``statement`` on a checked-out connection; a failure replaces the connection.
+
+        The driver's own execute with no arguments: the simple protocol, nothing
+        prepared (safe behind PgBouncer), outside any transaction. It is a round trip,
+        so it gets the time a new connection would (``connect_timeout``).
+        """
+        limit = self._limit
+        try:
+            if self._asyncpg:
                 driver = dbapi_connection.driver_connection
                 try:
                     await_(driver.execute(statement, timeout=limit))
@@ -258,11 +360,98 @@ def _configure(engine: Engine, settings: DatabaseSettings, *, asyncpg: bool) -> 
                     if not dbapi_connection.closed:
                         dbapi_connection.autocommit = False
         except Exception as exc:
+            self._lost_at = time.monotonic()  # the others idle meanwhile get pinged
             raise DisconnectionError(
                 "the connection failed its checkout check; replacing it"
             ) from exc
 
-    event.listen(engine, "checkout", on_checkout)
+    # -- statements ----------------------------------------------------------------
+
+    def _observe(
+        self,
+        connection: Connection,
+        _cursor: Any,
+        statement: str,
+        parameters: Any,
+        _context: Any,
+        _executemany: bool,
+    ) -> tuple[str, Any]:
+        if may_change_session_state(statement):
+            connection.info[_DIRTY] = True
+        return statement, parameters
+
+    def _first(self, execute: Callable[..., None]) -> Callable[..., bool]:
+        """A ``do_execute*`` listener: the first statement after an unchecked checkout.
+
+        Any other statement is left to the dialect (``False``). The first one runs
+        here; if it fails because its connection was lost, it runs once more on a
+        new connection put in the lost one's place.
+        """
+
+        def first_statement(cursor: DBAPICursor, *args: Any) -> bool:
+            context: ExecutionContext | None = args[-1]
+            if context is None:
+                return False  # SQLAlchemy's own side statements (sequence defaults)
+            try:
+                info = context.root_connection.info
+            except NotImplementedError:
+                return False  # the dialect's first look at a new connection: no pool entry
+            record = info.pop(_UNVERIFIED, None)
+            if record is None or context.execute_style is ExecuteStyle.INSERTMANYVALUES:
+                return False  # insertmanyvalues batches keep their first cursor
+            fairy = context.root_connection.connection
+            if getattr(fairy.dbapi_connection, "autocommit", False):
+                return False  # a statement may have committed before the loss
+            try:
+                execute(cursor, *args)
+            except Exception as exc:
+                if not self._lost(exc, fairy.dbapi_connection, cursor, context):
+                    raise
+                execute(self._replace(record, fairy, exc, context), *args)
+            return True
+
+        return first_statement
+
+    def _lost(self, exc: Exception, dbapi_connection: Any, cursor: Any, context: Any) -> bool:
+        """Whether ``exc`` says the connection was lost (not a timeout, nor a read-only error)."""
+        if isinstance(exc, TimeoutError) or getattr(dbapi_connection, "timed_out", False):
+            return False
+        if not context.dialect.is_disconnect(exc, dbapi_connection, cursor):
+            return False
+        if self._asyncpg:
+            return bool(dbapi_connection.driver_connection.is_closed())
+        return bool(dbapi_connection.closed)
+
+    def _replace(
+        self, record: Any, fairy: Any, exc: Exception, context: ExecutionContext
+    ) -> DBAPICursor:
+        """Put a new connection in place of the lost one, under the same checkout."""
+        self._lost_at = time.monotonic()
+        record.invalidate(exc)
+        fairy.dbapi_connection = dbapi_connection = record.get_connection()
+        record.info.pop(_FRESH, None)
+        connection = context.root_connection
+        dialect: Any = context.dialect  # a DefaultDialect: connection_characteristics
+        options = connection.get_execution_options()
+        # What the checkout had set on the lost connection (an isolation level...).
+        for name, characteristic in dialect.connection_characteristics.items():
+            if name in options:
+                characteristic.set_characteristic(dialect, dbapi_connection, options[name])
+        if self._reconnected is not None:
+            self._reconnected(dbapi_connection)
+        context.cursor = cursor = context.create_cursor()
+        return cursor
+
+
+def _configure(
+    engine: Engine,
+    settings: DatabaseSettings,
+    *,
+    asyncpg: bool,
+    reconnected: Callable[[Any], None] | None = None,
+) -> None:
+    event.listen(engine, "handle_error", _read_only_is_a_disconnect)
+    _Checkout(settings, asyncpg=asyncpg, reconnected=reconnected).install(engine)
 
 
 @contextmanager
@@ -303,6 +492,7 @@ def bounded_psycopg_connection() -> type[psycopg.Connection[Any]]:
     class BoundedConnection(psycopg.Connection[Any]):
         statement_limit: float | None = None
         cleanup_limit: float | None = None
+        timed_out = False
         override: tuple[float, str] | None = None
 
         def wait(
@@ -319,6 +509,7 @@ def bounded_psycopg_connection() -> type[psycopg.Connection[Any]]:
             try:
                 return super().wait(gen, interval, limit)
             except _WaitTimeout:
+                self.timed_out = True  # a lost connection, but not one to retry on
                 if self.override is None:
                     self._cancel_within(self.cleanup_limit)
                 self.pgconn.finish()
@@ -397,8 +588,8 @@ class PostgreSQLAdapter(SyncAdapter):
 
     @property
     def pings_on_checkout(self) -> bool:
-        """Whether the checkout statement (ping or reset) runs."""
-        return checkout_statement(self.settings) is not None
+        """Whether a checked-out connection is checked (for free, or pinged when it may be dead)."""
+        return self.settings.pool_pre_ping
 
     def configure(self, engine: Engine) -> None:
         """Treat read-only errors as disconnects; ping and reset on checkout; bound every wait."""
@@ -448,12 +639,12 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
 
     @property
     def pings_on_checkout(self) -> bool:
-        """Whether the checkout statement (ping or reset) runs."""
-        return checkout_statement(self.settings) is not None
+        """Whether a checked-out connection is checked (for free, or pinged when it may be dead)."""
+        return self.settings.pool_pre_ping
 
     def configure(self, engine: Engine) -> None:
         """Treat read-only errors as disconnects; ping and reset on checkout; bound every wait."""
-        _configure(engine, self.settings, asyncpg=True)
+        _configure(engine, self.settings, asyncpg=True, reconnected=self._checked_out)
         event.listen(engine, "do_connect", _connect_within_timeout(self.settings))
         event.listen(engine, "handle_error", _statement_timeout_is_a_disconnect(self.settings))
         event.listen(engine, "connect", self._opened)
@@ -465,7 +656,7 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
         driver.close_limit = self.settings.cleanup_timeout
         self._connections.add(driver)
 
-    def _checked_out(self, dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    def _checked_out(self, dbapi_connection: Any, _record: Any = None, _proxy: Any = None) -> None:
         self._in_use.add(dbapi_connection.driver_connection)
 
     def _checked_in(self, dbapi_connection: Any, _record: Any) -> None:
