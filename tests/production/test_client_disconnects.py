@@ -66,8 +66,10 @@ def test_a_client_that_hangs_up_mid_query_stops_it(
         client.close()
         _wait_for(
             "the query to stop and the connection to leave its transaction",
-            lambda: not _sleeping(production_database, tag)
-            and not [s for s, _ in _activity(production_database, tag) if "transaction" in s],
+            lambda: (
+                not _sleeping(production_database, tag)
+                and not [s for s, _ in _activity(production_database, tag) if "transaction" in s]
+            ),
             server,
         )
         output = server.output()

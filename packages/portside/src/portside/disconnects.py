@@ -5,8 +5,8 @@ the app next calls ``receive()`` (``http.disconnect``), which a handler waiting 
 a slow statement never does. Its statement would run on, and its unit of work hold
 a connection, until the statement ends or the deadline stops it. So
 :class:`~portside.asgi.UnitOfWorkMiddleware` reads each request's messages through
-an :class:`Inbox`, and a request that runs longer than :data:`WATCH_AFTER` with a
-session open is watched: a task reads the server's next message ahead of the app
+an :class:`Inbox`, and a request that runs longer than :data:`WATCH_AFTER` and
+holds a connection is watched: a task reads the server's next message ahead of the app
 (body messages are kept for the app, never taken from it). An ``http.disconnect``
 before the response started then:
 
@@ -217,9 +217,14 @@ class Watch:
 
     @property
     def ready(self) -> bool:
-        """Whether the request is worth a watcher: its unit opened a session, no response."""
+        """Whether the request is worth a watcher: its unit holds a connection, no response.
+
+        Not while it waits for a connection: under load, requests queue for the pool
+        far longer than :data:`WATCH_AFTER`, and at most a pool's worth of them hold
+        one at a time.
+        """
         unit = self.unit
-        return unit is not None and unit.opened and self.running and not self.responded
+        return self.running and not self.responded and unit is not None and unit.holds_connections
 
     def start(self) -> None:
         """Start watching (the ticker calls this once the request ran long enough)."""

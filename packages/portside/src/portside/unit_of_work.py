@@ -288,6 +288,11 @@ class UnitOfWork:
         return bool(self._sync or self._async)
 
     @property
+    def holds_connections(self) -> bool:
+        """Whether one of the unit's sessions holds a connection now (its transaction began)."""
+        return any(interrupts.running_connections(session) for session in self._sessions())
+
+    @property
     def database_names(self) -> tuple[str, ...]:
         """The databases this unit opened a session on, in the order it opened them."""
         return (*self._async, *(name for name in self._sync if name not in self._async))
