@@ -275,6 +275,14 @@ async def create_then_swallow_a_failure(data: NameIn, session: AsyncSessionDep) 
     return data
 
 
+@async_api.post("/items/runaway", status_code=201)
+async def create_then_runaway(data: NameIn, session: AsyncSessionDep) -> Item:
+    item = await add_item(session, data.name)
+    dialect = (await session.connection()).dialect.name
+    await session.exec(text(runaway_statement(dialect)))
+    return item
+
+
 @async_api.post("/items/slow", status_code=201)
 async def create_slowly(data: SlowIn, session: AsyncSessionDep) -> Item:
     item = await add_item(session, data.name)
@@ -445,6 +453,13 @@ def create_then_swallow_a_failure_sync(data: NameIn, session: SessionDep) -> Nam
     with suppress(IntegrityError):  # swallowed: PostgreSQL aborts the transaction
         session.exec(insert(Item).values(name=data.name))  # a duplicate: fails
     return data
+
+
+@sync_api.post("/items/runaway", status_code=201)
+def create_then_runaway_sync(data: NameIn, session: SessionDep) -> Item:
+    item = add_item_sync(session, data.name)
+    session.exec(text(runaway_statement(session.connection().dialect.name)))
+    return item
 
 
 @sync_api.post("/items/slow", status_code=201)

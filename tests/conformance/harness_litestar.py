@@ -180,6 +180,14 @@ async def create_then_swallow_a_failure(
     return {"name": data.name}
 
 
+@post("/items/runaway")
+async def create_then_runaway(db_session: AsyncSessionDep, data: NameBody) -> dict[str, Any]:
+    item = await add_item(db_session, data.name)
+    dialect = (await db_session.connection()).dialect.name
+    await db_session.exec(text(runaway_statement(dialect)))
+    return as_json(item)
+
+
 @post("/items/slow")
 async def create_slowly(db_session: AsyncSessionDep, data: SlowBody) -> dict[str, Any]:
     item = await add_item(db_session, data.name)
@@ -347,6 +355,7 @@ ASYNC_HANDLERS: list[ControllerRouterHandler] = [
     create_orphan,
     create_then_swallow_a_failure,
     create_slowly,
+    create_then_runaway,
     same_session,
     create_then_background,
 ]
@@ -419,6 +428,13 @@ def create_then_swallow_a_failure_sync(
     with suppress(IntegrityError):  # swallowed: PostgreSQL aborts the transaction
         sync_db_session.exec(insert(Item).values(name=data.name))  # a duplicate: fails
     return {"name": data.name}
+
+
+@post("/items/runaway", sync_to_thread=True)
+def create_then_runaway_sync(sync_db_session: SessionDep, data: NameBody) -> dict[str, Any]:
+    item = add_item_sync(sync_db_session, data.name)
+    sync_db_session.exec(text(runaway_statement(sync_db_session.connection().dialect.name)))
+    return as_json(item)
 
 
 @post("/items/slow", sync_to_thread=True)
@@ -555,6 +571,7 @@ SYNC_HANDLERS: list[ControllerRouterHandler] = [
     create_orphan_sync,
     create_then_swallow_a_failure_sync,
     create_slowly_sync,
+    create_then_runaway_sync,
     same_session_sync,
     create_then_background_sync,
 ]

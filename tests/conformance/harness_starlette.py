@@ -246,6 +246,14 @@ async def slow_query(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
+async def create_then_runaway(request: Request) -> JSONResponse:
+    item = await add_item(request)
+    session = await portside_starlette.async_session(request)
+    dialect = (await session.connection()).dialect.name
+    await session.exec(text(runaway_statement(dialect)))
+    return JSONResponse(as_json(item), status_code=201)
+
+
 async def transfer(request: Request) -> JSONResponse:
     data = await request.json()
     session = await portside_starlette.async_session(request)
@@ -276,6 +284,7 @@ async_routes: list[BaseRoute] = [
     Route("/counter/increment", serializable(bump), methods=["POST"]),
     Route("/counter/increment-once", serializable_once(bump), methods=["POST"]),
     Route("/slow-query", with_deadline(slow_query)),
+    Route("/items/runaway", create_then_runaway, methods=["POST"]),
     Route("/counter/transfer", transaction(retries=RETRY_POLICY)(transfer), methods=["POST"]),
     Route("/counter/transfer-once", transfer, methods=["POST"]),
 ]
@@ -465,6 +474,19 @@ def slow_query_sync(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
+def create_then_runaway_blocking(session: Session, name: str) -> Item:
+    item = add_item_sync(session, name)
+    session.exec(text(runaway_statement(session.connection().dialect.name)))
+    return item
+
+
+async def create_then_runaway_sync(request: Request) -> JSONResponse:
+    name = (await request.json())["name"]
+    session = await portside_starlette.session(request)
+    item = await run_in_threadpool(create_then_runaway_blocking, session, name)
+    return JSONResponse(as_json(item), status_code=201)
+
+
 sync_routes: list[BaseRoute] = [
     Route("/items", create_item_sync, methods=["POST"]),
     Route("/items", list_items_sync),
@@ -482,6 +504,7 @@ sync_routes: list[BaseRoute] = [
     Route("/counter/increment", serializable(bump_sync), methods=["POST"]),
     Route("/counter/increment-once", serializable_once(bump_sync), methods=["POST"]),
     Route("/slow-query", with_deadline(slow_query_sync)),
+    Route("/items/runaway", create_then_runaway_sync, methods=["POST"]),
     Route("/counter/transfer", transaction(retries=RETRY_POLICY)(transfer_sync), methods=["POST"]),
     Route("/counter/transfer-once", transfer_sync, methods=["POST"]),
 ]

@@ -2,7 +2,7 @@
 
 ``create_ops_app()`` is the restaurants example (``restaurants.fastapi_app``) with
 extra routes under ``/probe``: what a request's connection sees (session state,
-backend pid), a sync (psycopg) write and read, a slow write, and the worker's pid.
+backend pid), a sync (psycopg) write and read, slow writes, and the worker's pid.
 Serve it with ``uvicorn --factory tests.production.apps:create_ops_app`` (settings
 from ``DATABASE_*``).
 """
@@ -90,6 +90,15 @@ async def slow_write(name: str, seconds: float, session: AsyncSessionDep) -> dic
     return {"id": restaurant.id, "name": name}
 
 
+def sync_slow_write(name: str, seconds: float, session: SessionDep) -> dict[str, Any]:
+    """The sync (psycopg, worker thread) twin of :func:`slow_write`."""
+    restaurant = Restaurant(name=name, cuisine="slow")
+    session.add(restaurant)
+    session.flush()
+    session.exec(text("SELECT pg_sleep(:seconds)").bindparams(seconds=seconds))
+    return {"id": restaurant.id, "name": name}
+
+
 async def slow_app_write(name: str, seconds: float, session: AsyncSessionDep) -> dict[str, Any]:
     """Write a row, then take ``seconds`` in the app (not the database) before answering."""
     restaurant = Restaurant(name=name, cuisine="slow")
@@ -114,6 +123,7 @@ def create_ops_app(database: DatabaseSettings | None = None) -> FastAPI:
     app.add_api_route("/probe/sync-restaurants", sync_create, methods=["POST"], status_code=201)
     app.add_api_route("/probe/sync-restaurants/{restaurant_id}", sync_read)
     app.add_api_route("/probe/slow-write", slow_write, methods=["POST"], status_code=201)
+    app.add_api_route("/probe/sync-slow-write", sync_slow_write, methods=["POST"], status_code=201)
     app.add_api_route("/probe/slow-app-write", slow_app_write, methods=["POST"], status_code=201)
     app.add_api_route("/probe/worker", worker)
     return app

@@ -17,12 +17,17 @@ consistency token (:mod:`portside.consistency`), adds a new one to the response 
 a unit that committed a write, and runs a safe-method request once more on the
 primary when its replica failed before the response started.
 
+A client that disconnects before the response started gets nothing: its unit's
+statements are stopped on the database server and the unit rolls back
+(:mod:`portside.disconnects`).
+
 Whatever happens, cancellation included, the unit ends before the middleware
 returns. Framework-neutral: it knows ASGI and nothing else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import (
@@ -42,6 +47,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from portside.consistency import read_token, token_headers
 from portside.database import one_line
+from portside.disconnects import CLIENT_GONE_KEY, Inbox, Watch, watch_request
 from portside.errors import (
     LifecycleStateError,
     NoRequestSessionError,
@@ -291,44 +297,12 @@ def answer_database_error(scope: Scope, exc: BaseException) -> ErrorReply | None
     if not is_database_unavailable(exc):
         return None
     record_failure(scope, exc)
+    if scope.get(CLIENT_GONE_KEY):
+        # Its statement was stopped for a client that has gone: nobody gets this
+        # reply, and the middleware logs the disconnect instead.
+        status, body = error_response(exc)
+        return ErrorReply(status, body, {})
     return error_reply(exc, instead_of="an error the app raised")
-
-
-class _Replay:
-    """The request body, kept as the app reads it, so that a retry can read it again.
-
-    Keeps up to ``limit`` bytes (references to the messages, no copies); a larger
-    body cannot be replayed, and its request is not retried.
-    """
-
-    __slots__ = ("_position", "_receive", "limit", "messages", "replayable", "size")
-
-    def __init__(self, receive: Receive, limit: int) -> None:
-        self._receive = receive
-        self.limit = limit
-        self.messages: list[Message] = []
-        self.size = 0
-        self.replayable = True
-        self._position = 0
-
-    async def receive(self) -> Message:
-        if self._position < len(self.messages):
-            message = self.messages[self._position]
-            self._position += 1
-            return message
-        message = await self._receive()
-        if self.replayable and message["type"] == "http.request":
-            self.size += len(message.get("body", b""))
-            if self.size > self.limit:
-                self.replayable = False
-                self.messages.clear()
-            else:
-                self.messages.append(message)
-                self._position += 1
-        return message
-
-    def rewind(self) -> None:
-        self._position = 0
 
 
 class UnitOfWorkMiddleware:
@@ -346,6 +320,10 @@ class UnitOfWorkMiddleware:
     request's read replica failed, once, on the primary. After-commit and
     after-rollback callbacks run once the response was sent. A unit that committed
     a write on a database with replicas gives the client a consistency token.
+
+    A client that disconnects before the response started: the unit's statements
+    are stopped on the server, the request is cancelled, the unit rolls back, and
+    nothing is sent (:mod:`portside.disconnects`).
     """
 
     def __init__(
@@ -366,12 +344,34 @@ class UnitOfWorkMiddleware:
             # Not a request, or one an outer app's portside already gives a unit of work.
             await self.app(scope, receive, send)
             return
+        inbox = Inbox(receive, DEFAULT_MAX_BODY)
+        watch = watch_request(inbox)
+        try:
+            gone = await self._run(scope, inbox, send, watch)
+        except asyncio.CancelledError:
+            # The watch cancelled the request for its client's disconnect; any other
+            # cancellation (also) pending goes on.
+            if watch is None or not watch.cancelled or watch.task.uncancel():
+                raise
+            gone = True
+        finally:
+            if watch is not None:
+                watch.close()
+        if gone:
+            logger.warning(
+                "portside answered nothing to %s %s: the client disconnected before the "
+                "response started; its unit of work rolled back",
+                scope["method"],
+                scope.get("path", ""),
+            )
+
+    async def _run(self, scope: Scope, inbox: Inbox, send: Send, watch: Watch | None) -> bool:
+        """Run the request's attempts; whether its client left before the response."""
         lifecycle = self._lifecycle(scope)
         writes = scope["method"] not in SAFE_METHODS
         positions = read_token(scope["headers"]) if lifecycle.has_replicas else None
         # Kept for a retry: the scope before the app changed it, and the body it read.
         pristine = dict(scope)
-        replay = _Replay(receive, DEFAULT_MAX_BODY)
         attempt = 1
         on_primary = False
         while True:
@@ -383,15 +383,18 @@ class UnitOfWorkMiddleware:
                 options.apply(scope)
             again = await self._attempt(
                 scope,
-                replay,
+                inbox,
                 send,
                 unit,
                 attempt,
+                watch=watch,
                 token=positions or {},
                 replica_may_fail=lifecycle.has_replicas and not writes and not on_primary,
             )
             if again is None:
-                return
+                return False
+            if again == _GONE or inbox.disconnected:
+                return unit.opened
             unit.retried("conflict" if again != _ON_PRIMARY else "replica")
             if again == _ON_PRIMARY:
                 on_primary = True
@@ -405,24 +408,30 @@ class UnitOfWorkMiddleware:
                 attempt += 1
                 logger.info("portside runs a request that lost a race again (attempt %d)", attempt)
             scope = dict(pristine)
-            replay.rewind()
+            inbox.rewind()
 
     async def _attempt(  # noqa: PLR0915 - one attempt's states, kept in one place
         self,
         scope: Scope,
-        replay: _Replay,
+        inbox: Inbox,
         send: Send,
         unit: UnitOfWork,
         attempt: int,
         *,
+        watch: Watch | None,
         token: Mapping[str, int],
         replica_may_fail: bool,
-    ) -> RetryPolicy | Literal["primary"] | None:
-        """Run the app once; say how to run it again (a policy, or on the primary), if so."""
+    ) -> RetryPolicy | Literal["primary", "gone"] | None:
+        """Run the app once; say how to run it again (a policy, or on the primary), if so.
+
+        ``"gone"``: the client disconnected before the response started; the unit
+        rolled back and nothing was sent.
+        """
         started = False
         replaced = False
         discarded = False
         on_primary = False
+        gone = False
 
         def retries(exc: BaseException | None) -> bool:
             """Whether this attempt lost a race that the route asked to retry."""
@@ -430,20 +439,28 @@ class UnitOfWorkMiddleware:
             return (
                 exc is not None
                 and policy is not None
-                and replay.replayable
-                and replay.size <= policy.max_body
+                and inbox.replayable
+                and inbox.size <= policy.max_body
                 and policy.retries(exc, attempt)
             )
 
         def replica_failed() -> bool:
-            return replica_may_fail and replay.replayable and unit.replica_failed
+            return replica_may_fail and inbox.replayable and unit.replica_failed
+
+        def responding() -> None:
+            if watch is not None:
+                watch.responding()
 
         async def send_after_unit(message: Message) -> None:
-            nonlocal started, replaced, discarded, on_primary
-            if replaced or discarded:
-                return  # the app's own response was replaced by an error, or is retried
+            nonlocal started, replaced, discarded, on_primary, gone
+            if replaced or discarded or gone:
+                return  # replaced by an error, retried, or nobody is listening any more
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if inbox.disconnected:
+                    gone = True  # nobody to tell: never commit what nobody will hear of
+                    await unit.finish(commit=False, run_hooks=False)
+                    return
                 if status >= 500 and replica_failed():
                     discarded = on_primary = True
                     await unit.finish(commit=False, run_hooks=False)
@@ -455,12 +472,14 @@ class UnitOfWorkMiddleware:
                         discarded = True
                         return
                     replaced = True
+                    responding()
                     await send_error(send, exc, instead_of=f"the app's {status}")
                     return
                 if status >= self._commit_below and retries(scope.get(FAILURE_KEY)):
                     discarded = True
                     return
                 started = True
+                responding()
                 if unit.commit_positions:
                     merged = dict(token)
                     for name, position in unit.commit_positions.items():
@@ -468,12 +487,20 @@ class UnitOfWorkMiddleware:
                     message["headers"] = [*message.get("headers", ()), *token_headers(merged)]
             await send(message)
 
+        if watch is not None:
+            watch.attempt(unit, scope)
         try:
-            await self.app(scope, replay.receive, send_after_unit)
+            await self.app(scope, inbox.receive, send_after_unit)
         except Exception as exc:
+            if watch is not None:
+                watch.attempt_over()
             await unit.finish(commit=False, run_hooks=False)
             if discarded:
                 pass  # this attempt is over, whatever it raised
+            elif not (started or replaced) and (gone or inbox.disconnected):
+                gone = True
+                if not isinstance(exc, DATABASE_ERRORS):
+                    raise  # a bug, not the statement stopped for the client
             elif not (started or replaced) and replica_failed():
                 discarded = on_primary = True
             elif not (started or replaced) and retries(exc):
@@ -481,11 +508,16 @@ class UnitOfWorkMiddleware:
             elif started or not is_database_unavailable(exc):
                 raise
             else:
+                responding()
                 await send_error(send, exc, instead_of="an error the app raised")
         finally:
+            if watch is not None:
+                watch.attempt_over()
             if not unit.ended:  # the app returned without starting a response
                 await unit.finish(commit=False, run_hooks=False)
             await unit.run_hooks()
+        if gone:
+            return _GONE
         if not discarded:
             return None
         return _ON_PRIMARY if on_primary else unit.retry_policy
@@ -493,3 +525,5 @@ class UnitOfWorkMiddleware:
 
 #: What :meth:`UnitOfWorkMiddleware._attempt` answers for "again, on the primary".
 _ON_PRIMARY: Literal["primary"] = "primary"
+#: What it answers for "the client has gone": nothing was sent, the unit rolled back.
+_GONE: Literal["gone"] = "gone"

@@ -3,8 +3,8 @@
 portside overrides two private methods of SQLAlchemy's ``Session``, calls one of
 its pool's connection records, uses four private names of aiosqlite's
 ``Connection`` and psycopg's ``Connection.wait``, and a few undocumented hooks of
-Starlette, Litestar, psycopg and SQLAlchemy. A release of one of them may rename any
-of these without notice. So each is listed here, with the
+Starlette, Litestar, psycopg, asyncpg, anyio and SQLAlchemy. A release of one of them
+may rename any of these without notice. So each is listed here, with the
 versions it was verified on, and ``tests/core/test_internals.py`` checks every one of
 them against the installed versions and names the dependency and version when one is
 gone. The package's dependency bounds (``sqlalchemy<2.2``, ``aiosqlite<0.23``,
@@ -156,6 +156,30 @@ INTERNALS: tuple[Internal, ...] = (
         "_WaitTimeout",
         ">=3.3.6,<3.4",
         "adapters.postgresql: what a bounded wait that ran out raises",
+    ),
+    Internal(
+        "asyncpg",
+        "asyncpg.Connection",
+        "_cancel_current_command",
+        ">=0.30,<0.33",
+        "interrupts: send a cancel request for the statement a connection runs (a client "
+        "that disconnected), as asyncpg's own timeouts do",
+        parameters=("self", "waiter"),
+    ),
+    Internal(
+        "anyio",
+        "anyio._backends._asyncio",
+        "_task_states",
+        ">=4.6,<5",
+        "disconnects: whether a request's task is inside a shielded cancel scope, which a "
+        "native cancellation would go through",
+    ),
+    Internal(
+        "anyio",
+        "anyio._backends._asyncio.CancelScope",
+        "_parent_scope",
+        ">=4.6,<5",
+        "disconnects: walk a task's cancel scopes, looking for a shielded one",
     ),
     Internal(
         "starlette",

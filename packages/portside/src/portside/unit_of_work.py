@@ -31,7 +31,7 @@ import anyio.to_thread
 from sqlalchemy import Connection
 from sqlalchemy.exc import IllegalStateChangeError
 
-from portside import hooks
+from portside import hooks, interrupts
 from portside.adapters.postgresql import wal_position
 from portside.errors import LifecycleStateError, PartialCommitError, UnitOfWorkEndedError
 from portside.event_loop import on_event_loop_thread
@@ -295,6 +295,11 @@ class UnitOfWork:
     def opened(self) -> bool:
         """Whether any session was opened (a unit that opened none has nothing to end)."""
         return bool(self._sync or self._async)
+
+    @property
+    def holds_connections(self) -> bool:
+        """Whether one of the unit's sessions holds a connection now (its transaction began)."""
+        return any(interrupts.running_connections(session) for session in self._sessions())
 
     @property
     def database_names(self) -> tuple[str, ...]:
@@ -619,6 +624,26 @@ class UnitOfWork:
                 if self._hooks is not None:
                     callbacks = self._hooks.take(committed=self._committed)
                     hooks.run_blocking(callbacks, committed=self._committed)
+
+    async def interrupt(self) -> None:
+        """Stop, on the database server, the statements this unit's sessions run now.
+
+        For work nobody waits for any more (a client that disconnected, see
+        :mod:`portside.disconnects`): the code awaiting a statement gets the
+        driver's "cancelled" error soon after (see :mod:`portside.interrupts`); the
+        unit is still ended by whoever runs it. Takes at most the cleanup timeout;
+        an ended unit has nothing to stop.
+        """
+        if self._ended:
+            return
+        connections = [
+            connection
+            for session in self._sessions()
+            for connection in interrupts.running_connections(session)
+        ]
+        with anyio.move_on_after(self._cleanup_timeout):
+            for connection in connections:
+                await interrupts.interrupt(connection, self._cleanup_timeout)
 
     def _release(self) -> None:
         with self._gates_lock:

@@ -25,6 +25,9 @@ handlers are the framework's sync handlers, run in worker threads). ``Item`` and
                                             it fails), catch that ``IntegrityError`` and
                                             return 201 anyway
 ``POST /items/slow`` ``{"name", "seconds"}``  add, flush, sleep ``seconds``, return 201
+``POST /items/runaway`` ``{"name"}``        add an Item, flush, then run
+                                            :func:`runaway_statement` (no deadline);
+                                            201 ``{"id", "name"}`` if it ever ends
 ``GET /untouched``                          200 ``{"ok": true}``; never asks for a session
 ``GET /same-session``                       asks for the session twice in one request
                                             (two parameters/dependencies) and returns

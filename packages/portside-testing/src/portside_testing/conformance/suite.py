@@ -848,12 +848,28 @@ class ConformanceSuite:
             active = {p: s for p, s in (await app.backends()).items() if s == "active"}
             assert not active, f"a query is still running on the server: {active}"
 
-    async def test_a_client_gone_during_a_runaway_query_leaves_nothing(self, stage: Stage) -> None:
-        """The client hangs up mid-query: the database stops it at the deadline, all clean.
+    async def test_a_client_gone_mid_query_stops_it_and_rolls_back(self, stage: Stage) -> None:
+        """The client hangs up mid-query (no deadline): the query stops, nothing is stored.
 
-        ASGI servers keep running a request whose client left; the deadline is what
-        stops its query on the server.
+        ASGI servers keep running a request whose client left; portside notices the
+        disconnect, stops the statement on the server and rolls the unit back. The
+        statement would otherwise run for minutes.
         """
+        async with stage.running() as app:
+            await app.runner.disconnect("POST", "/items/runaway", json={"name": "gone"}, after=0.3)
+            with anyio.fail_after(10):
+                await app.runner.wait_idle()
+            assert app.runner.errors == []
+            assert await app.count(name="gone") == 0, "the unit of a client that left committed"
+            assert app.checked_out() == 0
+            await app.assert_no_transaction_left_open()
+            active = {p: s for p, s in (await app.backends()).items() if s == "active"}
+            assert not active, f"a query is still running on the server: {active}"
+            after = await app.request("POST", "/items", {"name": "next"})
+            assert after.status == 201, "the pool's connections must still work"
+
+    async def test_a_client_gone_during_a_runaway_query_leaves_nothing(self, stage: Stage) -> None:
+        """The client hangs up mid-query of a route with a deadline: all clean too."""
         async with stage.running() as app:
             await app.runner.disconnect("GET", "/slow-query", after=0.1)
             with anyio.fail_after(SLOW_QUERY_DEADLINE + 10):
