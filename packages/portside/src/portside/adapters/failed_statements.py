@@ -24,10 +24,10 @@ them, like listeners registered first), and listens to the dialect's
 - ``begin`` forgets everything: a new transaction starts clean.
 
 A unit of work inside an outer transaction (test isolation) commits by releasing
-its SAVEPOINT, so it refuses the same way. The state lives in the connection's
-``info`` only once a transaction used a SAVEPOINT or saw a failure: the common unit
-of work pays one dictionary look-up at ``BEGIN`` and one at ``COMMIT`` (about 1 µs
-together), and no round trip.
+its SAVEPOINT, so it refuses the same way. The state lives on the ``Connection``
+(a transaction never outlives it) only once a transaction used a SAVEPOINT or saw
+a failure: the common unit of work pays one attribute set at ``BEGIN`` and one
+read at ``COMMIT``, and no round trip.
 
 Why a ``Connection`` subclass rather than the engine's ``begin``/``commit`` events:
 one connection-level listener on an engine makes every new ``Connection`` resolve
@@ -58,7 +58,8 @@ __all__ = [
     "install",
 ]
 
-_KEY = "portside_failed_statements"
+#: The attribute of a connection that holds its transaction's :class:`_Marks`.
+_KEY = "_portside_marks"
 
 
 @dataclass(slots=True)
@@ -89,12 +90,16 @@ class _Connection(Connection):
     Each step runs where SQLAlchemy fires the connection event of the same name.
     """
 
+    #: The current transaction's marks, once it used a SAVEPOINT or saw a failure.
+    _portside_marks: _Marks | None = None
+
     def _begin_impl(self, transaction: RootTransaction) -> None:
-        _forget(self)
+        self._portside_marks = None  # a new transaction starts clean
         super()._begin_impl(transaction)
 
     def _commit_impl(self) -> None:
-        _commit(self)
+        if self._portside_marks is not None:
+            _commit(self)
         super()._commit_impl()
 
     def _savepoint_impl(self, name: str | None = None) -> str:
@@ -120,24 +125,20 @@ _OptionEngine._option_cls = _OptionEngine
 
 
 def _marks(connection: Connection) -> _Marks | None:
-    # An invalidated connection has no info to read (reading it would try to
-    # reconnect); SQLAlchemy itself insists on a rollback there.
+    # SQLAlchemy itself insists on a rollback on an invalidated connection.
     if connection.invalidated:
         return None
-    marks: _Marks | None = connection.info.get(_KEY)
+    marks: _Marks | None = getattr(connection, _KEY, None)
     return marks
-
-
-def _forget(connection: Connection) -> None:
-    connection.info.pop(_KEY, None)
 
 
 def _savepoint(connection: Connection, _name: str | None) -> None:
     if connection.invalidated:
         return
-    marks = connection.info.get(_KEY)
+    marks = getattr(connection, _KEY, None)
     if marks is None:
-        marks = connection.info[_KEY] = _Marks()
+        marks = _Marks()
+        setattr(connection, _KEY, marks)
     refused, marks.refused = marks.refused, None
     current = connection.get_nested_transaction()
     if current is not None and current is refused:
@@ -180,7 +181,7 @@ def _commit(connection: Connection) -> None:
     marks = _marks(connection)
     if marks is None:
         return
-    connection.info.pop(_KEY, None)
+    setattr(connection, _KEY, None)
     if marks.failed_at is None:
         return
     # SQLAlchemy emits no ROLLBACK after a failed commit: do it here, or the
@@ -199,9 +200,10 @@ def _note_failure(context: ExceptionContext) -> None:
         return
     if connection.invalidated:
         return
-    marks = connection.info.get(_KEY)
+    marks = getattr(connection, _KEY, None)
     if marks is None:
-        marks = connection.info[_KEY] = _Marks()
+        marks = _Marks()
+        setattr(connection, _KEY, marks)
     compiled = getattr(context.execution_context, "compiled", None)
     if marks.depth and isinstance(getattr(compiled, "statement", None), SavepointClause):
         marks.depth -= 1  # the SAVEPOINT that failed was never opened

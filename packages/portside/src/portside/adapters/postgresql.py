@@ -543,11 +543,16 @@ async def _close_quietly(connection: Any) -> None:
 
 @functools.cache
 def _asyncpg_connection_class() -> type[Any]:
-    """asyncpg's ``Connection``, whose close waits at most ``close_limit`` seconds."""
+    """asyncpg's ``Connection``, whose close waits at most ``close_limit`` seconds.
+
+    ``in_use``: checked out of its pool now (an attribute, not a set of the
+    checked-out ones: set at every checkout and checkin, it costs no allocation).
+    """
     import asyncpg  # type: ignore[import-untyped]  # noqa: PLC0415 - may not be installed
 
     class BoundedConnection(asyncpg.Connection):  # type: ignore[misc]
         close_limit: float | None = None
+        in_use: bool = False
 
         async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
             # asyncpg's close waits for the server's goodbye with no timeout (or
@@ -599,9 +604,8 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
         }
         self._ssl = url.query.get(_LIBPQ_SSLMODE)
         moved = (*_LIBPQ_SERVER_SETTINGS, _LIBPQ_SSLMODE)
-        # The asyncpg connections this engine opened, and those checked out now.
+        # The asyncpg connections this engine opened (each knows if it is checked out).
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._in_use: weakref.WeakSet[Any] = weakref.WeakSet()
         super().__init__(settings, url.difference_update_query(moved))
 
     def engine_options(self) -> dict[str, Any]:
@@ -645,11 +649,11 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
         self._connections.add(driver)
 
     def _checked_out(self, dbapi_connection: Any, _record: Any = None, _proxy: Any = None) -> None:
-        self._in_use.add(dbapi_connection.driver_connection)
+        dbapi_connection.driver_connection.in_use = True
 
     def _checked_in(self, dbapi_connection: Any, _record: Any) -> None:
         if dbapi_connection is not None:  # None: it was invalidated, and is closed
-            self._in_use.discard(dbapi_connection.driver_connection)
+            dbapi_connection.driver_connection.in_use = False
 
     async def dispose(self) -> None:
         """Close the pooled connections, side by side, each within the cleanup timeout.
@@ -685,7 +689,7 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
         return [
             connection
             for connection in self._connections
-            if connection not in self._in_use and not connection.is_closed()
+            if not connection.in_use and not connection.is_closed()
         ]
 
 
