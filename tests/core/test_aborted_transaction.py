@@ -159,6 +159,30 @@ async def test_a_caught_failure_refuses_to_commit(
     await assert_clean(lifecycle, mode, app_name)
 
 
+async def test_a_unit_with_an_isolation_level_refuses_too(
+    lifecycle: Lifecycle, mode: str, app_name: str
+) -> None:
+    # The level gives the session a copy of the engine (execution_options()), whose
+    # connections must keep their failures like the engine's own.
+    def caught(session: Session) -> None:
+        add(session, 1, "first")
+        add_duplicate(session)
+
+    with pytest.raises(TransactionAbortedError, match="IntegrityError"):
+        if mode == "async":
+            async with lifecycle.async_session(isolation_level="SERIALIZABLE") as session:
+                await session.run_sync(cast("Callable[[ORMSession], None]", caught))
+        else:
+
+            def blocking() -> None:
+                with lifecycle.session(isolation_level="SERIALIZABLE") as session:
+                    caught(session)
+
+            await anyio.to_thread.run_sync(blocking)
+    assert await stored(lifecycle) == []
+    await assert_clean(lifecycle, mode, app_name)
+
+
 async def test_a_rolled_back_savepoint_undoes_the_failure(
     lifecycle: Lifecycle, mode: str, app_name: str
 ) -> None:

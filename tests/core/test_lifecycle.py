@@ -141,6 +141,33 @@ async def test_a_task_ending_units_in_a_loop_does_not_starve_a_waiting_one(
     assert order.index("waiter") <= 2
 
 
+async def test_loops_sharing_a_full_pool_do_not_starve_a_waiting_unit(
+    make_settings: SettingsFactory, backend: str
+) -> None:
+    """The yield is skipped only when the pool has room: two loops fill a pool of two."""
+    if backend == "sqlite-memory":
+        pytest.skip("in memory, units take turns in portside's own gate instead of the pool")
+    order: list[str] = []
+    async with Lifecycle(make_settings(pool_size=2, max_overflow=0)) as lifecycle:
+
+        async def loop(name: str) -> None:
+            for _ in range(20):
+                async with lifecycle.async_session(writes=False) as session:
+                    await session.exec(select(1))
+                order.append(name)
+
+        async def waiter() -> None:
+            async with lifecycle.async_session(writes=False) as session:
+                await session.exec(select(1))
+            order.append("waiter")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(loop, "a")
+            group.start_soon(loop, "b")
+            group.start_soon(waiter)
+    assert order.index("waiter") <= 4
+
+
 async def test_cancelled_task_returns_its_connection(make_settings: SettingsFactory) -> None:
     inserted = anyio.Event()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import anyio
 import anyio.to_thread
 import pytest
@@ -78,3 +80,48 @@ async def test_a_connection_killed_between_units_is_replaced(postgresql_url: str
         first = await anyio.to_thread.run_sync(sync_pid)
         await kill(first)
         assert await anyio.to_thread.run_sync(sync_pid) != first
+
+
+async def test_units_returning_connections_to_a_full_pool_close_the_overflow_one(
+    postgresql_url: str,
+) -> None:
+    """A unit whose connection the pool closes on its return (an overflow one) ends cleanly.
+
+    asyncpg's close awaits: the unit returns such a connection in SQLAlchemy's
+    greenlet, and one the pool keeps without it. Both, in one run, commit and leave
+    nothing checked out.
+    """
+    name = f"portside-overflow-{uuid.uuid4().hex[:12]}"
+    url = f"{postgresql_url}?application_name={name}"
+    settings = DatabaseSettings(url=url, pool_size=1, max_overflow=1, engines="async")
+    both_in = anyio.Event()
+    entered: list[int] = []
+    async with Lifecycle(settings) as lifecycle:
+
+        async def unit() -> int:
+            async with lifecycle.async_session() as session:
+                pid = int((await session.exec(text("SELECT pg_backend_pid()"))).scalar_one())
+                entered.append(pid)
+                if len(entered) == 2:
+                    both_in.set()
+                await both_in.wait()  # both connections out: the second is an overflow one
+            return pid
+
+        pids: list[int] = []
+
+        async def run() -> None:
+            pids.append(await unit())
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(run)
+            group.start_soon(run)
+        assert len(set(pids)) == 2
+        pool = lifecycle.database().async_engine.sync_engine.pool
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert pool.checkedin() == 1  # type: ignore[attr-defined]  # the overflow one closed
+        assert lifecycle.in_flight == 0
+        async with lifecycle.async_session() as session:  # the pool still serves
+            assert (await session.exec(text("SELECT 1"))).scalar_one() == 1
+            # The overflow connection was closed for real: the server saw it go.
+            query = text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n")
+            assert (await session.exec(query.bindparams(n=name))).scalar_one() == 1

@@ -369,7 +369,8 @@ class UnitOfWorkMiddleware:
         """Run the request's attempts; whether its client left before the response."""
         lifecycle = self._lifecycle(scope)
         writes = scope["method"] not in SAFE_METHODS
-        positions = read_token(scope["headers"]) if lifecycle.has_replicas else None
+        has_replicas = lifecycle.has_replicas
+        positions = read_token(scope["headers"]) if has_replicas else None
         # Kept for a retry: the scope before the app changed it, and the body it read.
         pristine = dict(scope)
         attempt = 1
@@ -389,7 +390,7 @@ class UnitOfWorkMiddleware:
                 attempt,
                 watch=watch,
                 token=positions or {},
-                replica_may_fail=lifecycle.has_replicas and not writes and not on_primary,
+                replica_may_fail=has_replicas and not writes and not on_primary,
             )
             if again is None:
                 return False

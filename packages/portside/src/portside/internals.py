@@ -1,7 +1,8 @@
 """Every private or undocumented name of a dependency that portside relies on.
 
-portside overrides two private methods of SQLAlchemy's ``Session``, calls one of
-its pool's connection records, uses four private names of aiosqlite's
+portside overrides two private methods of SQLAlchemy's ``Session`` and five of its
+``Connection`` (set as an engine's private ``_connection_cls``), calls one of its
+pool's connection records, uses four private names of aiosqlite's
 ``Connection`` and psycopg's ``Connection.wait``, and a few undocumented hooks of
 Starlette, Litestar, psycopg, asyncpg, anyio and SQLAlchemy. A release of one of them
 may rename any of these without notice. So each is listed here, with the
@@ -88,6 +89,72 @@ INTERNALS: tuple[Internal, ...] = (
         "adapters.postgresql: open a new connection in a lost one's place under the same "
         "checkout, as SQLAlchemy's own pre-ping does, for a first statement run again",
         parameters=("self",),
+    ),
+    Internal(
+        "sqlalchemy",
+        "sqlalchemy.engine.Connection",
+        "_begin_impl",
+        ">=2.0.38,<2.2",
+        "adapters.failed_statements: keep a transaction's failed statements where the "
+        "connection event of the same name fires, without the per-connection cost of an "
+        "engine-level connection listener",
+        parameters=("self", "transaction"),
+    ),
+    Internal(
+        "sqlalchemy",
+        "sqlalchemy.engine.Connection",
+        "_commit_impl",
+        ">=2.0.38,<2.2",
+        "adapters.failed_statements: keep a transaction's failed statements where the "
+        "connection event of the same name fires, without the per-connection cost of an "
+        "engine-level connection listener",
+        parameters=("self",),
+    ),
+    Internal(
+        "sqlalchemy",
+        "sqlalchemy.engine.Connection",
+        "_savepoint_impl",
+        ">=2.0.38,<2.2",
+        "adapters.failed_statements: keep a transaction's failed statements where the "
+        "connection event of the same name fires, without the per-connection cost of an "
+        "engine-level connection listener",
+        parameters=("self", "name"),
+    ),
+    Internal(
+        "sqlalchemy",
+        "sqlalchemy.engine.Connection",
+        "_rollback_to_savepoint_impl",
+        ">=2.0.38,<2.2",
+        "adapters.failed_statements: keep a transaction's failed statements where the "
+        "connection event of the same name fires, without the per-connection cost of an "
+        "engine-level connection listener",
+        parameters=("self", "name"),
+    ),
+    Internal(
+        "sqlalchemy",
+        "sqlalchemy.engine.Connection",
+        "_release_savepoint_impl",
+        ">=2.0.38,<2.2",
+        "adapters.failed_statements: keep a transaction's failed statements where the "
+        "connection event of the same name fires, without the per-connection cost of an "
+        "engine-level connection listener",
+        parameters=("self", "name"),
+    ),
+    Internal(
+        "sqlalchemy",
+        "sqlalchemy.engine.Engine",
+        "_connection_cls",
+        ">=2.0.38,<2.2",
+        "adapters.failed_statements: make an engine (and its execution_options() "
+        "copies) hand out portside's Connection subclass",
+    ),
+    Internal(
+        "sqlalchemy",
+        "sqlalchemy.engine.Engine",
+        "_option_cls",
+        ">=2.0.38,<2.2",
+        "adapters.failed_statements: make an engine (and its execution_options() "
+        "copies) hand out portside's Connection subclass",
     ),
     Internal(
         "sqlalchemy",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction
 from sqlalchemy.orm import Session as _SASession
+from sqlalchemy.pool import QueuePool
 from sqlmodel import Session as _SQLModelSession
 from sqlmodel.ext.asyncio.session import AsyncSession as _SQLModelAsyncSession
 
@@ -201,6 +202,22 @@ class _EndableSession(_SQLModelSession):
                 raise UnitOfWorkEndedError(ENDED_MESSAGE)
             kept[engine] = connection
         return connection
+
+    @property
+    def pool_may_have_waiters(self) -> bool:
+        """Whether a task may be waiting for a connection of this session's pool.
+
+        Read right after the session returned its connection. A queue pool makes a
+        task wait only when every connection it may open is checked out, so at
+        least ``size - 1`` are still out after one came back (``size`` is a lower
+        bound of what it may open). Any other pool, or a session bound to a
+        connection: maybe.
+        """
+        bind = self._portside_routed or self.bind
+        pool = getattr(bind, "pool", None)
+        if not isinstance(pool, QueuePool):
+            return True
+        return pool.checkedout() + 1 >= pool.size()
 
     @property
     def keeps_connections(self) -> bool:

@@ -9,7 +9,10 @@ commit with :class:`~portside.errors.TransactionAbortedError`, after rolling its
 back. Rolling back a SAVEPOINT (``session.begin_nested()``) that began before the
 failure undoes it: that is the way to recover from a statement that may fail.
 
-:func:`install` puts engine events on every engine portside builds:
+:func:`install` makes every engine portside builds hand out :class:`_Connection`,
+which steps in at the points SQLAlchemy's connection events would fire (before
+them, like listeners registered first), and listens to the dialect's
+``handle_error``:
 
 - ``handle_error`` notes the failure at the current SAVEPOINT depth (0: none open),
   for an error inside a transaction that did not lose its connection (a lost
@@ -21,10 +24,18 @@ failure undoes it: that is the way to recover from a statement that may fail.
 - ``begin`` forgets everything: a new transaction starts clean.
 
 A unit of work inside an outer transaction (test isolation) commits by releasing
-its SAVEPOINT, so it refuses the same way. The state lives in the connection's
-``info`` only once a transaction used a SAVEPOINT or saw a failure: the common unit
-of work pays one dictionary look-up at ``BEGIN`` and one at ``COMMIT`` (about 1 µs
-together), and no round trip.
+its SAVEPOINT, so it refuses the same way. The state lives on the ``Connection``
+(a transaction never outlives it) only once a transaction used a SAVEPOINT or saw
+a failure: the common unit of work pays one attribute set at ``BEGIN`` and one
+read at ``COMMIT``, and no round trip.
+
+Why a ``Connection`` subclass rather than the engine's ``begin``/``commit`` events:
+one connection-level listener on an engine makes every new ``Connection`` resolve
+each of the engine's events it fires (connect, begin, before/after execute,
+commit...) through a joined dispatcher, about a hundred Python calls per request
+on the hot path. The subclass costs one method call per step. It overrides
+SQLAlchemy's private ``Connection._*_impl`` methods and sets the engine's private
+``_connection_cls`` and ``_option_cls`` (see docs/versions.md).
 """
 
 from __future__ import annotations
@@ -32,20 +43,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
+from sqlalchemy.engine.base import OptionEngine
 from sqlalchemy.sql.expression import SavepointClause
 
 from portside.errors import TransactionAbortedError
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine, NestedTransaction
+    from sqlalchemy import Engine, NestedTransaction
     from sqlalchemy.engine import ExceptionContext
+    from sqlalchemy.engine.base import RootTransaction
 
 __all__ = [
     "install",
 ]
 
-_KEY = "portside_failed_statements"
+#: The attribute of a connection that holds its transaction's :class:`_Marks`.
+_KEY = "_portside_marks"
 
 
 @dataclass(slots=True)
@@ -64,33 +78,67 @@ class _Marks:
 
 def install(engine: Engine) -> None:
     """Make ``engine``'s transactions refuse to commit after an unhandled failure."""
-    event.listen(engine, "begin", _forget)
-    event.listen(engine, "savepoint", _savepoint)
-    event.listen(engine, "rollback_savepoint", _rollback_savepoint)
-    event.listen(engine, "release_savepoint", _release_savepoint)
-    event.listen(engine, "commit", _commit)
+    engine._connection_cls = _Connection
+    # engine.execution_options(...) makes an OptionEngine: it must hand them out too.
+    engine._option_cls = _OptionEngine
     event.listen(engine, "handle_error", _note_failure)
 
 
+class _Connection(Connection):
+    """A connection that keeps its transaction's failed statements (see the module).
+
+    Each step runs where SQLAlchemy fires the connection event of the same name.
+    """
+
+    #: The current transaction's marks, once it used a SAVEPOINT or saw a failure.
+    _portside_marks: _Marks | None = None
+
+    def _begin_impl(self, transaction: RootTransaction) -> None:
+        self._portside_marks = None  # a new transaction starts clean
+        super()._begin_impl(transaction)
+
+    def _commit_impl(self) -> None:
+        if self._portside_marks is not None:
+            _commit(self)
+        super()._commit_impl()
+
+    def _savepoint_impl(self, name: str | None = None) -> str:
+        _savepoint(self, name)
+        return super()._savepoint_impl(name)
+
+    def _rollback_to_savepoint_impl(self, name: str) -> None:
+        _rollback_savepoint(self, name, None)
+        super()._rollback_to_savepoint_impl(name)
+
+    def _release_savepoint_impl(self, name: str) -> None:
+        _release_savepoint(self, name, None)
+        super()._release_savepoint_impl(name)
+
+
+class _OptionEngine(OptionEngine):
+    """An engine with other execution options that hands out :class:`_Connection`."""
+
+    _connection_cls = _Connection
+
+
+_OptionEngine._option_cls = _OptionEngine
+
+
 def _marks(connection: Connection) -> _Marks | None:
-    # An invalidated connection has no info to read (reading it would try to
-    # reconnect); SQLAlchemy itself insists on a rollback there.
+    # SQLAlchemy itself insists on a rollback on an invalidated connection.
     if connection.invalidated:
         return None
-    marks: _Marks | None = connection.info.get(_KEY)
+    marks: _Marks | None = getattr(connection, _KEY, None)
     return marks
-
-
-def _forget(connection: Connection) -> None:
-    connection.info.pop(_KEY, None)
 
 
 def _savepoint(connection: Connection, _name: str | None) -> None:
     if connection.invalidated:
         return
-    marks = connection.info.get(_KEY)
+    marks = getattr(connection, _KEY, None)
     if marks is None:
-        marks = connection.info[_KEY] = _Marks()
+        marks = _Marks()
+        setattr(connection, _KEY, marks)
     refused, marks.refused = marks.refused, None
     current = connection.get_nested_transaction()
     if current is not None and current is refused:
@@ -133,7 +181,7 @@ def _commit(connection: Connection) -> None:
     marks = _marks(connection)
     if marks is None:
         return
-    connection.info.pop(_KEY, None)
+    setattr(connection, _KEY, None)
     if marks.failed_at is None:
         return
     # SQLAlchemy emits no ROLLBACK after a failed commit: do it here, or the
@@ -152,9 +200,10 @@ def _note_failure(context: ExceptionContext) -> None:
         return
     if connection.invalidated:
         return
-    marks = connection.info.get(_KEY)
+    marks = getattr(connection, _KEY, None)
     if marks is None:
-        marks = connection.info[_KEY] = _Marks()
+        marks = _Marks()
+        setattr(connection, _KEY, marks)
     compiled = getattr(context.execution_context, "compiled", None)
     if marks.depth and isinstance(getattr(compiled, "statement", None), SavepointClause):
         marks.depth -= 1  # the SAVEPOINT that failed was never opened

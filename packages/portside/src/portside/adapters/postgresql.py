@@ -266,20 +266,13 @@ class _Checkout:
         event.listen(engine, "handle_error", self._error)
         if self._pre_ping or self._reset:
             event.listen(engine, "checkout", self._checkout)
-        if self._reset:
-            event.listen(engine, "before_cursor_execute", self._observe)
-        if self._pre_ping:
+            # The dialect's events, not the engine's before_cursor_execute: one
+            # connection-level listener makes every new Connection resolve the
+            # engine's events through a joined dispatcher (see failed_statements).
             dialect = engine.dialect
-            event.listen(dialect, "do_execute", self._first(dialect.do_execute), retval=True)
-            event.listen(
-                dialect, "do_executemany", self._first(dialect.do_executemany), retval=True
-            )
-            event.listen(
-                dialect,
-                "do_execute_no_params",
-                self._first(dialect.do_execute_no_params),
-                retval=True,
-            )
+            for name in ("do_execute", "do_executemany", "do_execute_no_params"):
+                listener = self._statement(getattr(dialect, name))
+                event.listen(dialect, name, listener, retval=True)
 
     # -- the pool's events -------------------------------------------------------
 
@@ -367,28 +360,17 @@ class _Checkout:
 
     # -- statements ----------------------------------------------------------------
 
-    def _observe(
-        self,
-        connection: Connection,
-        _cursor: Any,
-        statement: str,
-        parameters: Any,
-        _context: Any,
-        _executemany: bool,
-    ) -> tuple[str, Any]:
-        if may_change_session_state(statement):
-            connection.info[_DIRTY] = True
-        return statement, parameters
-
-    def _first(self, execute: Callable[..., None]) -> Callable[..., bool]:
-        """A ``do_execute*`` listener: the first statement after an unchecked checkout.
+    def _statement(self, execute: Callable[..., None]) -> Callable[..., bool]:
+        """A ``do_execute*`` listener: note a statement that may change session state,
+        and run the first statement after an unchecked checkout.
 
         Any other statement is left to the dialect (``False``). The first one runs
         here; if it fails because its connection was lost, it runs once more on a
         new connection put in the lost one's place.
         """
+        reset = self._reset
 
-        def first_statement(cursor: DBAPICursor, *args: Any) -> bool:
+        def statement(cursor: DBAPICursor, *args: Any) -> bool:
             context: ExecutionContext | None = args[-1]
             if context is None:
                 return False  # SQLAlchemy's own side statements (sequence defaults)
@@ -396,6 +378,9 @@ class _Checkout:
                 info = context.root_connection.info
             except NotImplementedError:
                 return False  # the dialect's first look at a new connection: no pool entry
+            changes = reset and may_change_session_state(args[0])
+            if changes:
+                info[_DIRTY] = True
             record = info.pop(_UNVERIFIED, None)
             if record is None or context.execute_style is ExecuteStyle.INSERTMANYVALUES:
                 return False  # insertmanyvalues batches keep their first cursor
@@ -407,10 +392,13 @@ class _Checkout:
             except Exception as exc:
                 if not self._lost(exc, fairy.dbapi_connection, cursor, context):
                     raise
-                execute(self._replace(record, fairy, exc, context), *args)
+                cursor = self._replace(record, fairy, exc, context)
+                if changes:
+                    info[_DIRTY] = True  # the new connection's info starts empty
+                execute(cursor, *args)
             return True
 
-        return first_statement
+        return statement
 
     def _lost(self, exc: Exception, dbapi_connection: Any, cursor: Any, context: Any) -> bool:
         """Whether ``exc`` says the connection was lost (not a timeout, nor a read-only error)."""
@@ -555,11 +543,16 @@ async def _close_quietly(connection: Any) -> None:
 
 @functools.cache
 def _asyncpg_connection_class() -> type[Any]:
-    """asyncpg's ``Connection``, whose close waits at most ``close_limit`` seconds."""
+    """asyncpg's ``Connection``, whose close waits at most ``close_limit`` seconds.
+
+    ``in_use``: checked out of its pool now (an attribute, not a set of the
+    checked-out ones: set at every checkout and checkin, it costs no allocation).
+    """
     import asyncpg  # type: ignore[import-untyped]  # noqa: PLC0415 - may not be installed
 
     class BoundedConnection(asyncpg.Connection):  # type: ignore[misc]
         close_limit: float | None = None
+        in_use: bool = False
 
         async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
             # asyncpg's close waits for the server's goodbye with no timeout (or
@@ -611,9 +604,8 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
         }
         self._ssl = url.query.get(_LIBPQ_SSLMODE)
         moved = (*_LIBPQ_SERVER_SETTINGS, _LIBPQ_SSLMODE)
-        # The asyncpg connections this engine opened, and those checked out now.
+        # The asyncpg connections this engine opened (each knows if it is checked out).
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._in_use: weakref.WeakSet[Any] = weakref.WeakSet()
         super().__init__(settings, url.difference_update_query(moved))
 
     def engine_options(self) -> dict[str, Any]:
@@ -657,11 +649,11 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
         self._connections.add(driver)
 
     def _checked_out(self, dbapi_connection: Any, _record: Any = None, _proxy: Any = None) -> None:
-        self._in_use.add(dbapi_connection.driver_connection)
+        dbapi_connection.driver_connection.in_use = True
 
     def _checked_in(self, dbapi_connection: Any, _record: Any) -> None:
         if dbapi_connection is not None:  # None: it was invalidated, and is closed
-            self._in_use.discard(dbapi_connection.driver_connection)
+            dbapi_connection.driver_connection.in_use = False
 
     async def dispose(self) -> None:
         """Close the pooled connections, side by side, each within the cleanup timeout.
@@ -697,7 +689,7 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
         return [
             connection
             for connection in self._connections
-            if connection not in self._in_use and not connection.is_closed()
+            if not connection.in_use and not connection.is_closed()
         ]
 
 
