@@ -48,6 +48,19 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+#: Modules that take minutes (pytest runs of their own, under xdist too). Under xdist
+#: they are handed out first: ``--dist loadscope`` gives out whole modules in order,
+#: and this one last would leave one worker running it alone at the end.
+SLOWEST_FIRST = ("testing_kit/test_parallel.py",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, start with the slowest modules (each worker sorts the same way)."""
+    if getattr(config, "workerinput", None) is None:
+        return
+    items.sort(key=lambda item: not item.path.as_posix().endswith(SLOWEST_FIRST))
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Drop this worker's clone and the databases named after it (closing their connections).
 
