@@ -109,7 +109,8 @@ def idle_in_transaction(postgresql_url: str, app_name: str) -> list[str]:
     with psycopg.connect(postgresql_url, autocommit=True) as connection:
         found = connection.execute(
             "SELECT state FROM pg_stat_activity "
-            "WHERE application_name = %s AND state LIKE 'idle in transaction%%'",
+            "WHERE application_name = %s AND datname = current_database() "
+            "AND state LIKE 'idle in transaction%%'",
             (app_name,),
         ).fetchall()
     return [str(state) for (state,) in found]

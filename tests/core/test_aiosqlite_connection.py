@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -199,3 +201,30 @@ async def test_a_begin_that_failed_is_still_owed_to_the_next_statement(tmp_path:
     finally:
         other.close()
         await connection.close()
+
+
+def test_a_failed_connect_stops_its_thread_before_raising(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's event loop may close as soon as connecting failed (a test ends, a
+    startup gives up): aiosqlite's thread must not report to it afterwards, which is
+    "Event loop is closed" raised in that thread (an error in whichever test runs next).
+    """
+    failures: list[Any] = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    missing = str(tmp_path / "missing-directory" / "app.db")
+    connection = AiosqliteConnection(functools.partial(sqlite3.connect, missing))
+
+    async def connect() -> None:
+        await connection
+
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+            loop.run_until_complete(connect())
+    finally:
+        loop.close()  # at once, as a test runner does
+    for thread in threading.enumerate():
+        if thread.name.endswith("(_connection_worker_thread)"):
+            thread.join(timeout=10)
+    assert [str(failure.exc_value) for failure in failures] == []

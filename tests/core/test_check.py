@@ -20,7 +20,9 @@ from portside.check import main
 # '@' percent-encoded in the URL: neither spelling may ever be printed.
 PASSWORD = "s3cr@t"
 ENCODED_PASSWORD = "s3cr%40t"
-CHECK_ROLE = "portside_check_user"
+#: Roles are cluster-wide: named after the test's database, so parallel workers (each
+#: with its own database) never drop each other's.
+CHECK_ROLE = "portside_check_user_{database}"
 
 DATABASE_KEYS = {
     "ok",
@@ -269,14 +271,15 @@ def test_unknown_role_is_an_authentication_failure(
 def check_role(postgresql_url: str) -> Iterator[str]:
     """A login role with a password that is not the test's PASSWORD."""
     admin = make_url(postgresql_url).render_as_string(False)
+    role = CHECK_ROLE.format(database=make_url(postgresql_url).database)
     with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f"DROP ROLE IF EXISTS {CHECK_ROLE}")
-        connection.execute(f"CREATE ROLE {CHECK_ROLE} LOGIN PASSWORD 'the-right-one'")
+        connection.execute(f'DROP ROLE IF EXISTS "{role}"')
+        connection.execute(f"""CREATE ROLE "{role}" LOGIN PASSWORD 'the-right-one'""")
     try:
-        yield CHECK_ROLE
+        yield role
     finally:
         with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f"DROP ROLE IF EXISTS {CHECK_ROLE}")
+            connection.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 def test_wrong_password(

@@ -31,7 +31,9 @@ from portside.serial_gate import SerialGate
 pytestmark = pytest.mark.anyio
 
 TABLE = "portside_failures"
-LIMITED_ROLE = "portside_failures_limited"
+#: Roles are cluster-wide: the role is named after the test's database, so parallel
+#: workers (each with its own database) never drop each other's.
+LIMITED_ROLE = "portside_failures_limited_{database}"
 
 
 class Connection:
@@ -233,15 +235,16 @@ async def test_refused_connection_is_unavailable(connect: Setup) -> None:
 @POSTGRESQL
 async def test_too_many_connections_is_unavailable(connect: Setup) -> None:
     url, open_connection = connect
+    role = LIMITED_ROLE.format(database=make_url(url).database)
     admin = await open_connection()
-    await admin.execute(f"DROP ROLE IF EXISTS {LIMITED_ROLE}")
-    await admin.execute(f"CREATE ROLE {LIMITED_ROLE} LOGIN CONNECTION LIMIT 0")
+    await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+    await admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
     await admin.commit()
     try:
-        limited = make_url(url).set(username=LIMITED_ROLE, password=None)
+        limited = make_url(url).set(username=role, password=None)
         exc = await failure_of(open_connection(limited))
     finally:
-        await admin.execute(f"DROP ROLE {LIMITED_ROLE}")
+        await admin.execute(f'DROP ROLE "{role}"')
         await admin.commit()
     assert_row(exc, Kind.UNAVAILABLE)
     assert classify(exc).heals

@@ -37,7 +37,11 @@ async def backends_named(postgresql_url: str, app_name: str) -> int:
     """
     from portside import DatabaseSettings
 
-    query = text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n")
+    # This database's only: other runs on the server may use the same name.
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE application_name = :n AND datname = current_database()"
+    )
     async with Lifecycle(DatabaseSettings(url=postgresql_url)) as observer:
         for _ in range(50):
             async with observer.async_session(writes=False) as session:
@@ -214,7 +218,8 @@ async def test_postgresql_keeps_no_transaction_open_after_cancellation(
                     await session.exec(
                         text(
                             "SELECT state FROM pg_stat_activity "
-                            "WHERE application_name = :name AND pid <> pg_backend_pid()"
+                            "WHERE application_name = :name AND pid <> pg_backend_pid() "
+                            "AND datname = current_database()"
                         ).bindparams(name=app_name)
                     )
                 )

@@ -26,12 +26,22 @@ _STATE = text(
     "current_setting('search_path'), current_user"
 )
 
-#: What a request may change on its connection, by probe name.
+#: What a request may change on its connection, by probe name. ``set_config('role')``
+#: is ``SET ROLE`` to the role named by :func:`role_of` after the request's database.
 SETTERS = {
     "statement_timeout": "SET statement_timeout = '4321ms'",
     "search_path": "SET search_path = portside_elsewhere, public",
-    "role": "SET ROLE portside_production_role",
+    "role": "SELECT set_config('role', 'portside_role_' || current_database(), false)",
 }
+
+
+def role_of(database: str) -> str:
+    """The role the ``role`` probe switches to in ``database`` (created by the tests).
+
+    Roles are cluster-wide: one per database keeps parallel test workers, each with
+    databases of its own, from dropping each other's.
+    """
+    return f"portside_role_{database}"
 
 
 def _state(row: Any) -> dict[str, Any]:

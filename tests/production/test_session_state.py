@@ -15,33 +15,32 @@ import pytest
 
 from portside import DatabaseSettings
 from portside_testing.asgi import AppRunner
-from tests.production.apps import SETTERS, create_ops_app
+from tests.production.apps import SETTERS, create_ops_app, role_of
 from tests.production.load import report
-from tests.production.postgres import admin_execute
+from tests.production.postgres import admin_execute, database_name
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgresql]
 
-ROLE = "portside_production_role"
-
 
 @pytest.fixture(scope="module")
-def role(postgresql_url: str) -> Iterator[str]:
-    """A role requests switch to with ``SET ROLE`` (cluster-wide; dropped afterwards)."""
+def role(postgresql_url: str, production_database: str) -> Iterator[str]:
+    """The role requests switch to with ``SET ROLE`` (cluster-wide; dropped afterwards)."""
+    name = role_of(database_name(production_database))
     admin_execute(
         postgresql_url,
-        f"DO $$BEGIN CREATE ROLE {ROLE}; EXCEPTION WHEN duplicate_object THEN NULL; END$$",
+        f'''DO $$BEGIN CREATE ROLE "{name}"; EXCEPTION WHEN duplicate_object THEN NULL; END$$''',
     )
-    yield ROLE
-    admin_execute(postgresql_url, f"DROP ROLE IF EXISTS {ROLE}")
+    yield name
+    admin_execute(postgresql_url, f'DROP ROLE IF EXISTS "{name}"')
 
 
-def changed(what: str, state: dict[str, object]) -> bool:
+def changed(what: str, state: dict[str, object], role: str) -> bool:
     """Whether ``state`` shows the change ``SETTERS[what]`` makes."""
     if what == "statement_timeout":
         return state["statement_timeout"] == "4321ms"
     if what == "search_path":
         return "portside_elsewhere" in str(state["search_path"])
-    return state["user"] == ROLE
+    return state["user"] == role
 
 
 @pytest.mark.parametrize("engine", ["async", "sync"])
@@ -62,10 +61,10 @@ async def test_session_state_does_not_leak_into_the_next_request(
         baseline = (await runner.request("GET", f"{prefix}state")).json()
         during = await runner.request("POST", f"{prefix}set/{what}")
         assert during.status == 200, during.text
-        assert changed(what, during.json())  # the SET took effect and was committed
+        assert changed(what, during.json(), role)  # the SET took effect and was committed
         after = (await runner.request("GET", f"{prefix}state")).json()
     same_connection = baseline["pid"] == during.json()["pid"] == after["pid"]
-    leaked = changed(what, after)
+    leaked = changed(what, after, role)
     report(
         f"session-state[{engine},{what},{'reset' if reset else 'no-reset'}]",
         requests=3,

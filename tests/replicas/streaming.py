@@ -11,6 +11,7 @@ when no rule allows them yet, which needs write access to that file (root in CI)
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -57,7 +58,11 @@ def _as_postgres() -> list[str]:
 
 
 def allow_replication(primary_url: str) -> None:
-    """Make the primary accept replication connections from 127.0.0.1 (idempotent)."""
+    """Make the primary accept replication connections from 127.0.0.1 (idempotent).
+
+    Parallel test workers may get here at once: the rule is added under an exclusive
+    lock on the file, and only if the file does not hold it yet.
+    """
     with psycopg.connect(_libpq(primary_url), autocommit=True) as connection:
         rules = connection.execute(
             "SELECT count(*) FROM pg_hba_file_rules WHERE type = 'host' "
@@ -71,8 +76,12 @@ def allow_replication(primary_url: str) -> None:
                 f"the primary refuses replication connections and {hba_file} is not "
                 f"writable here; add `{HBA_RULE}` to it and reload PostgreSQL"
             )
-        with open(hba_file, "a") as hba:
-            hba.write(f"\n# portside tests: streaming replicas (pg_basebackup -R)\n{HBA_RULE}\n")
+        with open(hba_file, "r+") as hba:
+            fcntl.flock(hba, fcntl.LOCK_EX)  # released when the file closes
+            if HBA_RULE not in hba.read().splitlines():  # another worker's, not reloaded yet
+                hba.write(
+                    f"\n# portside tests: streaming replicas (pg_basebackup -R)\n{HBA_RULE}\n"
+                )
         connection.execute("SELECT pg_reload_conf()")
     time.sleep(0.2)  # the postmaster reloads asynchronously
 

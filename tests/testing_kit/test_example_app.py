@@ -22,6 +22,9 @@ from portside_testing import ClientFactory
 
 from .conftest import committed_rows
 
+# A test here checks that the one before it left nothing behind, so they must run in
+# order in one process: under xdist, `--dist loadscope` (pyproject's addopts) keeps a
+# module in one worker.
 pytestmark = pytest.mark.anyio
 
 FACTORIES: dict[str, Callable[..., Any]] = {

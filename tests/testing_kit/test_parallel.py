@@ -213,6 +213,17 @@ def template_identity(url: str) -> object:
         ).scalar_one()
 
 
+@pytest.fixture(autouse=True)
+def fresh_run_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inner runs start outside xdist, even when this suite runs under ``-n 2``.
+
+    A worker's ``PYTEST_XDIST_*`` variables would leak into them, and the inner
+    tests read ``PYTEST_XDIST_WORKER`` to know their own worker.
+    """
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", *args)
 

@@ -26,6 +26,9 @@ notes = Table(
     Column("id", Integer, primary_key=True),
     Column("body", String(100), nullable=False),
 )
+# A test here checks that the one before it left nothing behind, so they must run in
+# order in one process: under xdist, `--dist loadscope` (pyproject's addopts) keeps a
+# module in one worker.
 COMMITTED: set[str] = set()
 
 

@@ -20,6 +20,9 @@ import portside_starlette
 from portside import DatabaseSettings
 from portside_testing import ClientFactory
 
+# A test here checks that the one before it left nothing behind, so they must run in
+# order in one process: under xdist, `--dist loadscope` (pyproject's addopts) keeps a
+# module in one worker.
 pytestmark = pytest.mark.anyio
 
 metadata = MetaData()

@@ -199,8 +199,17 @@ INTERNALS: tuple[Internal, ...] = (
         "aiosqlite.Connection",
         "_thread",
         ">=0.22.0,<0.23",
-        "adapters.aiosqlite_connection: make the worker thread a daemon, as SQLAlchemy does",
+        "adapters.aiosqlite_connection: make the worker thread a daemon, as SQLAlchemy does; "
+        "join it after a failed connect",
         kind="instance attribute",
+    ),
+    Internal(
+        "aiosqlite",
+        "aiosqlite.Connection",
+        "_connect",
+        ">=0.22.0,<0.23",
+        "adapters.aiosqlite_connection: wait for the worker thread to stop after a failed connect",
+        parameters=("self",),
     ),
     Internal(
         "psycopg",

@@ -31,6 +31,8 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiosqlite
+import anyio
+import anyio.to_thread
 
 __all__ = [
     "PREFETCH_ROWS",
@@ -53,6 +55,22 @@ class AiosqliteConnection(aiosqlite.Connection):
         # Like SQLAlchemy's own aiosqlite connections: an engine nobody disposed
         # must not keep the interpreter from exiting.
         self._thread.daemon = True
+
+    async def _connect(self) -> Self:
+        """Connect on the thread; if that fails, return only once the thread has stopped.
+
+        aiosqlite (0.22) answers a failed connect by queueing its thread's stop without
+        waiting for it. The thread then reports to the caller's event loop, which may be
+        closed by then (a test that ended, a startup that gave up): "Event loop is
+        closed", raised in that thread, fails whatever test pytest runs next.
+        """
+        try:
+            await super()._connect()
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # a cancelled connect waits too
+                await anyio.to_thread.run_sync(self._thread.join)
+            raise
+        return self
 
     def defer_begin(self, statement: str) -> None:
         """Run ``statement`` (``BEGIN ...``) before the next use of the connection."""
