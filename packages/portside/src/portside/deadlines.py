@@ -9,8 +9,9 @@ how much time is left:
   left when the transaction began. A statement stopped this way fails with SQLSTATE
   57014 (answered 504), a lock wait with 55P03 (answered 409, retry may succeed).
   They are set with ``set_config(..., true)`` (``SET LOCAL``, ending with the
-  transaction, so the connection needs no reset afterwards), one round trip at
-  the start of each of the unit's transactions;
+  transaction, so the connection needs no reset afterwards) at the start of each
+  of the unit's transactions: on asyncpg in the ``BEGIN``'s own round trip, on
+  psycopg (which sends ``BEGIN`` with the first statement) in one of their own;
 * SQLite: a progress handler interrupts any statement once the deadline has passed
   (``SQLITE_INTERRUPT``, answered 504). It is removed when the connection goes back
   to the pool.
@@ -58,10 +59,18 @@ def _apply(connection: Connection, deadline: float) -> None:
     if dialect == "postgresql":
         ms = _remaining_ms(deadline)
         # A literal integer: no parameters, so the same text for every driver.
-        connection.exec_driver_sql(
+        statement = (
             f"SELECT set_config('statement_timeout', '{ms}', true), "
             f"set_config('lock_timeout', '{ms}', true)"
         )
+        driver: Any = connection.connection.driver_connection
+        if hasattr(driver, "after_begin") and not driver.is_in_transaction():
+            # portside's asyncpg connection, whose BEGIN is not sent yet (SQLAlchemy
+            # sends it with the first statement): the BEGIN carries these too.
+            driver.after_begin = statement + ";"
+        else:
+            # psycopg, or a transaction already open (a test's outer one).
+            connection.exec_driver_sql(statement)
     elif dialect == "sqlite":
         raw = sqlite_connection(connection.connection.driver_connection)
         if raw is not None:

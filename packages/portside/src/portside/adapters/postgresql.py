@@ -547,12 +547,24 @@ def _asyncpg_connection_class() -> type[Any]:
 
     ``in_use``: checked out of its pool now (an attribute, not a set of the
     checked-out ones: set at every checkout and checkin, it costs no allocation).
+    ``after_begin``: statements the next ``BEGIN`` carries in its own round trip (a
+    deadline's ``SET LOCAL``s, see :mod:`portside.deadlines`); asyncpg sends
+    ``BEGIN`` as a simple query, which may hold several statements.
     """
     import asyncpg  # type: ignore[import-untyped]  # noqa: PLC0415 - may not be installed
 
     class BoundedConnection(asyncpg.Connection):  # type: ignore[misc]
         close_limit: float | None = None
         in_use: bool = False
+        after_begin: str | None = None
+
+        async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
+            # Only BEGIN and COMMIT come here (statements are prepared): one check.
+            if self.after_begin is not None and not args and query.startswith("BEGIN"):
+                query = f"{query} {self.after_begin}"
+                self.after_begin = None
+            result: str = await super().execute(query, *args, timeout=timeout)
+            return result
 
         async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
             # asyncpg's close waits for the server's goodbye with no timeout (or
@@ -653,7 +665,9 @@ class AsyncPostgreSQLAdapter(AsyncAdapter):
 
     def _checked_in(self, dbapi_connection: Any, _record: Any) -> None:
         if dbapi_connection is not None:  # None: it was invalidated, and is closed
-            dbapi_connection.driver_connection.in_use = False
+            driver = dbapi_connection.driver_connection
+            driver.in_use = False
+            driver.after_begin = None  # a unit that never began (AUTOCOMMIT) left it
 
     async def dispose(self) -> None:
         """Close the pooled connections, side by side, each within the cleanup timeout.
