@@ -210,3 +210,37 @@ async def test_a_finished_request_is_unaffected(make_settings: SettingsFactory) 
         await runner.wait_idle()
         assert runner.errors == []
         assert _checked_out(_lifecycle(runner)) == 0
+
+
+@pytest.mark.parametrize("engines", ["async", "sync"])
+async def test_a_connection_a_cancel_was_sent_on_is_never_pooled_again(
+    postgresql_url: str, engines: str
+) -> None:
+    """A cancel request's signal may land after its statement ended, on the next one.
+
+    So the connection it was sent on is replaced, even when nothing was running: the
+    next unit gets a new server process, and its statement is not cancelled.
+    """
+    settings = DatabaseSettings(url=postgresql_url, engines=engines, pool_size=1, max_overflow=0)
+    pid = text("SELECT pg_backend_pid()")
+    async with Lifecycle(settings) as lifecycle:
+        if engines == "async":
+            unit = lifecycle.unit_of_work()
+            first = (await (await unit.async_session()).exec(pid)).scalar_one()
+            await unit.interrupt()  # idle: the request arrives between statements
+            await unit.finish(commit=False)
+            async with lifecycle.async_session() as session:
+                second = (await session.exec(pid)).scalar_one()
+        else:
+
+            def backend() -> int:
+                with lifecycle.session() as session:
+                    return int(session.exec(pid).scalar_one())
+
+            unit = lifecycle.unit_of_work()
+            session = await unit.session()
+            first = await anyio.to_thread.run_sync(lambda: session.exec(pid).scalar_one())
+            await unit.interrupt()
+            await unit.finish(commit=False)
+            second = await anyio.to_thread.run_sync(backend)
+    assert second != first

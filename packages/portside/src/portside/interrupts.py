@@ -16,8 +16,11 @@ stops it the driver's way, from outside the code that runs it:
 * SQLite (pysqlite and portside's aiosqlite): ``sqlite3.Connection.interrupt()``,
   safe from any thread; the statement fails with ``interrupted``.
 
-A cancel request that arrives after the statement ended is ignored by the server
-(PostgreSQL ignores it while idle; SQLite once no statement runs). Other drivers
+A PostgreSQL cancel request is a signal to the server process: one that lands after
+the statement ended cancels the next statement on that connection. asyncpg's
+connection is therefore invalidated (closed, its server process ends) right after
+the request; psycopg's, still held by the thread that ran the statement, is replaced
+by the pool at its next checkout. SQLite ignores an interrupt once no statement runs. Other drivers
 are left alone: cancelling the task is all portside does for them.
 """
 
@@ -39,6 +42,10 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
 __all__: list[str] = []
+
+#: Pool-entry flag: a cancel request was sent on this connection, whose signal may
+#: still land on a later statement; its next checkout replaces it.
+CANCEL_SENT = "portside_cancel_sent"
 
 logger = logging.getLogger("portside")
 
@@ -74,9 +81,18 @@ async def interrupt(connection: Connection, limit: float) -> None:
             if driver == "asyncpg":
                 waiter = asyncio.get_running_loop().create_future()
                 # Sets the waiter once the server has taken the request, or failed to.
+                connection.info[CANCEL_SENT] = True
                 driver_connection._cancel_current_command(waiter)
                 await waiter
+                # The server acts on a cancel request when its signal reaches the
+                # backend: if the statement ended just before, the signal cancels
+                # whatever this connection runs next (its rollback, or another
+                # request's statement once pooled). So it is never used again.
+                connection.invalidate()
             elif driver == "psycopg":
+                # The thread running the statement still holds the connection: the
+                # pool replaces it at its next checkout instead.
+                connection.info[CANCEL_SENT] = True
                 cancel = functools.partial(driver_connection.cancel_safe, timeout=limit)
                 await anyio.to_thread.run_sync(cancel, abandon_on_cancel=True, limiter=_limiter())
             elif (raw := sqlite_connection(driver_connection)) is not None:

@@ -77,6 +77,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 
 from portside.adapters.base import AsyncAdapter, SyncAdapter
 from portside.internals import await_
+from portside.interrupts import CANCEL_SENT
 from portside.session_state import may_change_session_state
 
 if TYPE_CHECKING:
@@ -439,7 +440,20 @@ def _configure(
     reconnected: Callable[[Any], None] | None = None,
 ) -> None:
     event.listen(engine, "handle_error", _read_only_is_a_disconnect)
+    event.listen(engine, "checkout", _discard_if_cancelled, insert=True)
     _Checkout(settings, asyncpg=asyncpg, reconnected=reconnected).install(engine)
+
+
+def _discard_if_cancelled(_dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+    """Replace a connection a cancel request was sent on (see :mod:`portside.interrupts`).
+
+    The request's signal may reach the server after the statement it was meant for
+    ended, and would then cancel the next one: another request's. A checkout that
+    raises ``DisconnectionError`` makes the pool discard the connection and connect
+    afresh.
+    """
+    if record.info.pop(CANCEL_SENT, False):
+        raise DisconnectionError("a cancel request was sent on this connection; replacing it")
 
 
 @contextmanager
