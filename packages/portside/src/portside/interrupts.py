@@ -12,16 +12,16 @@ stops it the driver's way, from outside the code that runs it:
   ``pg_sleep(30)``);
 * psycopg: ``Connection.cancel_safe()``, which opens its own connection for the
   request, from a worker thread of its own (it waits for the server): the thread
-  running the statement gets ``QueryCanceled`` and the connection stays usable;
+  running the statement gets ``QueryCanceled``;
 * SQLite (pysqlite and portside's aiosqlite): ``sqlite3.Connection.interrupt()``,
   safe from any thread; the statement fails with ``interrupted``.
 
 A PostgreSQL cancel request is a signal to the server process: one that lands after
-the statement ended cancels the next statement on that connection. asyncpg's
-connection is therefore invalidated (closed, its server process ends) right after
-the request; psycopg's, still held by the thread that ran the statement, is replaced
-by the pool at its next checkout. SQLite ignores an interrupt once no statement runs. Other drivers
-are left alone: cancelling the task is all portside does for them.
+the statement ended cancels the next statement on that connection. So a connection
+a cancel request was sent on is replaced by the pool at its next checkout (it is
+still held by the code that ran the statement, and ends its unit as usual). SQLite
+ignores an interrupt once no statement runs. Other drivers are left alone:
+cancelling the task is all portside does for them.
 """
 
 from __future__ import annotations
@@ -81,14 +81,13 @@ async def interrupt(connection: Connection, limit: float) -> None:
             if driver == "asyncpg":
                 waiter = asyncio.get_running_loop().create_future()
                 # Sets the waiter once the server has taken the request, or failed to.
+                # The server acts on a cancel request when its signal reaches the
+                # backend: if the statement ended just before, the signal cancels
+                # what the connection runs next, another request's statement once
+                # pooled. So the pool replaces it at its next checkout.
                 connection.info[CANCEL_SENT] = True
                 driver_connection._cancel_current_command(waiter)
                 await waiter
-                # The server acts on a cancel request when its signal reaches the
-                # backend: if the statement ended just before, the signal cancels
-                # whatever this connection runs next (its rollback, or another
-                # request's statement once pooled). So it is never used again.
-                connection.invalidate()
             elif driver == "psycopg":
                 # The thread running the statement still holds the connection: the
                 # pool replaces it at its next checkout instead.
