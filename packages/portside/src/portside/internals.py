@@ -246,7 +246,7 @@ INTERNALS: tuple[Internal, ...] = (
         "anyio",
         "anyio._backends._asyncio",
         "_task_states",
-        ">=4.6,<5",
+        ">=4.7,<5",
         "disconnects: whether a request's task is inside a shielded cancel scope, which a "
         "native cancellation would go through",
     ),
@@ -254,7 +254,7 @@ INTERNALS: tuple[Internal, ...] = (
         "anyio",
         "anyio._backends._asyncio.CancelScope",
         "_parent_scope",
-        ">=4.6,<5",
+        ">=4.7,<5",
         "disconnects: walk a task's cancel scopes, looking for a shielded one",
     ),
     Internal(
