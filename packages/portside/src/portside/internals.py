@@ -256,6 +256,7 @@ INTERNALS: tuple[Internal, ...] = (
         "_parent_scope",
         ">=4.7,<5",
         "disconnects: walk a task's cancel scopes, looking for a shielded one",
+        kind="instance attribute",
     ),
     Internal(
         "starlette",
