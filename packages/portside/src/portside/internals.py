@@ -293,12 +293,18 @@ def _resolve(path: str) -> Any:
 
 
 def _instance_attributes(owner: type[Any]) -> set[str]:
-    # The two aiosqlite names are set in __init__; building a connection starts
-    # nothing (its thread starts on await), so this is cheap and side-effect free.
-    import sqlite3  # noqa: PLC0415
+    # Set in __init__. Building an aiosqlite connection starts nothing (its thread
+    # starts on await), nor does an anyio cancel scope: cheap and side-effect free.
+    if owner.__module__.startswith("aiosqlite"):
+        import sqlite3  # noqa: PLC0415
 
-    instance = owner(lambda: sqlite3.connect(":memory:"), 64)
-    return set(vars(instance))
+        return set(vars(owner(lambda: sqlite3.connect(":memory:"), 64)))
+    instance = owner()
+    names = set(getattr(instance, "__dict__", {}))
+    for klass in type(instance).__mro__:  # newer anyio declares __slots__
+        slots = getattr(klass, "__slots__", ())
+        names.update((slots,) if isinstance(slots, str) else slots)
+    return names
 
 
 def missing(internal: Internal) -> str | None:
