@@ -517,6 +517,9 @@ class UnitOfWorkMiddleware:
             if not unit.ended:  # the app returned without starting a response
                 await unit.finish(commit=False, run_hooks=False)
             await unit.run_hooks()
+            # The scope holds the unit: without this, every request's unit and
+            # sessions would wait for the cyclic garbage collector.
+            unit.request = None
         if gone:
             return _GONE
         if not discarded:

@@ -114,6 +114,11 @@ def _sync_session(session: Session | AsyncSession) -> _EndableSession:
 
 def _register(outcome: str, session: Session | AsyncSession, callback: Callback) -> None:
     sync_session = _sync_session(session)
+    if getattr(sync_session, "_portside_ended", False):
+        raise LifecycleStateError(
+            f"on_{outcome}() was called after the unit of work ended; register "
+            "callbacks while its work runs."
+        )
     unit = getattr(sync_session, "_portside_unit", None)
     if unit is None:
         raise LifecycleStateError(

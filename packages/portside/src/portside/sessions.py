@@ -289,8 +289,19 @@ class _EndableSession(_SQLModelSession):
         self._portside_hook_awaits = awaits
 
     def mark_ended(self) -> None:
-        """Make every later use raise :class:`~portside.errors.UnitOfWorkEndedError`."""
+        """Make every later use raise :class:`~portside.errors.UnitOfWorkEndedError`.
+
+        Also drops what leads back to the unit (which holds this session), so the
+        two are freed as soon as the request lets go of them, not by the cyclic
+        garbage collector: a collection of every request's unit and sessions cost
+        more than a tenth of a PostgreSQL request.
+        """
         self._portside_ended = True
+        self._portside_unit = None
+        self._portside_before_first_statement = None
+        self._portside_route = None
+        self._portside_route_failed = None
+        self._portside_track_position = None
 
 
 def _note_write(state: ORMExecuteState) -> None:

@@ -48,10 +48,12 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SAWarning
+from sqlalchemy.ext.asyncio import AsyncSession as _SAAsyncSession
+from sqlalchemy.orm import Session as _SASession
 from sqlalchemy.pool import NullPool
 from sqlmodel import col
 
-from portside import DatabaseSettings, Lifecycle, StartupError
+from portside import DatabaseSettings, Lifecycle, StartupError, UnitOfWork
 from portside_testing.asgi import AppRunner, Message, Response, ResponseStartHook
 from portside_testing.conformance.harness import SLOW_QUERY_DEADLINE, ASGIApp, Harness, Mode
 from portside_testing.conformance.models import Child, ConformanceModel, Item, metadata
@@ -577,6 +579,37 @@ class ConformanceSuite:
         async with stage.running() as app:
             response = await app.request("GET", "/same-session")
             assert (response.status, response.json()) == (200, {"same": True})
+
+    async def test_a_request_leaves_no_reference_cycle(self, stage: Stage) -> None:
+        """A request's unit of work and sessions are freed when it ends, by reference counting.
+
+        What waits for the cyclic garbage collector costs every request a share of
+        its runs (a tenth of a PostgreSQL GET when each unit was such garbage).
+        """
+        async with stage.running() as app:
+            created = await app.request("POST", "/items", {"name": "freed"})
+            assert created.status == 201
+            gc.collect()
+            gc.disable()
+            try:
+                statuses = [
+                    (await app.request("GET", f"/items/{created.json()['id']}")).status,
+                    (await app.request("GET", "/items")).status,
+                    (await app.request("POST", "/items", {"name": "freed-too"})).status,
+                    (await app.request("POST", "/items/return-error", {"name": "x"})).status,
+                    (
+                        await app.request("POST", "/items/hooked", {"name": "y", "status": 201})
+                    ).status,
+                ]
+                left = Counter(
+                    type(o).__name__
+                    for o in gc.get_objects()
+                    if isinstance(o, UnitOfWork | _SASession | _SAAsyncSession)
+                )
+            finally:
+                gc.enable()
+        assert statuses == [200, 200, 201, 422, 201]
+        assert not left, f"still alive after their requests ended, in reference cycles: {left}"
 
     async def test_untouched_handler_never_touches_the_pool(self, stage: Stage) -> None:
         """A handler that never asks for a session checks out no connection."""
