@@ -131,6 +131,39 @@ async def test_scripted_units_give_exact_metrics_and_spans(
 
 
 @pytest.mark.anyio
+@pytest.mark.postgresql
+@pytest.mark.parametrize("isolation_level", [None, "SERIALIZABLE"])
+async def test_a_held_connection_is_reported_with_any_isolation_level(
+    postgresql_url: str, name: str, isolation_level: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An isolation level gives the unit's session an execution_options() copy of the
+    # engine, which must watch its connections as the engine does.
+    settings = DatabaseSettings(
+        url=postgresql_url, engines="async", telemetry=True, held_connection_threshold=0.05
+    )
+    async with Lifecycle({name: settings}) as lifecycle:
+        before = snapshot()
+        with caplog.at_level(logging.WARNING, logger="portside"):
+            async with lifecycle.async_session(name, isolation_level=isolation_level) as session:
+                level = (await session.exec(text("SHOW transaction_isolation"))).one()[0]
+                await anyio.sleep(0.1)
+                await session.exec(text("SELECT 1"))
+            async with lifecycle.async_session(name, isolation_level=isolation_level) as session:
+                await session.exec(text("SELECT 1"))
+                await anyio.sleep(0.1)
+            async with lifecycle.async_session(name, isolation_level=isolation_level) as session:
+                await session.exec(text("SELECT 1"))
+                await session.exec(text("SELECT 1"))
+        changes = delta(before, snapshot())
+    assert level == (isolation_level or "read committed").lower()
+    assert value(changes, "portside.connection.held", **{POOL: f"{name}.async"}) == 2
+    held = [r.getMessage() for r in caplog.records if "sat unused" in r.getMessage()]
+    assert len(held) == 2
+    assert "before its next statement" in held[0]
+    assert "before it was returned" in held[1]
+
+
+@pytest.mark.anyio
 async def test_sync_units_in_worker_threads(tmp_path: Path, name: str) -> None:
     settings = DatabaseSettings(
         url=f"sqlite:///{tmp_path / 'sync.db'}", engines="sync", telemetry=True

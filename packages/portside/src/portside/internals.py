@@ -1,6 +1,6 @@
 """Every private or undocumented name of a dependency that portside relies on.
 
-portside overrides two private methods of SQLAlchemy's ``Session`` and five of its
+portside overrides two private methods of SQLAlchemy's ``Session`` and six of its
 ``Connection`` (set as an engine's private ``_connection_cls``), calls one of its
 pool's connection records, uses four private names of aiosqlite's
 ``Connection`` and psycopg's ``Connection.wait``, and a few undocumented hooks of
@@ -139,6 +139,15 @@ INTERNALS: tuple[Internal, ...] = (
         "connection event of the same name fires, without the per-connection cost of an "
         "engine-level connection listener",
         parameters=("self", "name"),
+    ),
+    Internal(
+        "sqlalchemy",
+        "sqlalchemy.engine.Connection",
+        "_execute_context",
+        ">=2.0.38,<2.2",
+        "portside.telemetry: note when each statement ends (the held-connection watch) "
+        "without the per-connection cost of an engine-level connection listener",
+        parameters=("self", "dialect", "constructor", "statement", "parameters"),
     ),
     Internal(
         "sqlalchemy",

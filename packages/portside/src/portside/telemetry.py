@@ -341,21 +341,36 @@ def instrument_engine(
         info[_UNIT] = None
         info[_HELD_REPORTED] = True
 
-    def before_statement(connection: Any, *_args: Any) -> None:
-        info = connection.info
-        last = info.get(_LAST_STATEMENT)
-        if last is not None and (gap := perf_counter() - last) > threshold:
-            _report_held(ins, pool, info, gap, "before its next statement")
+    class WatchedConnection(engine._connection_cls):  # type: ignore[name-defined,misc]
+        """Notes when each statement ends, and reports a gap since the last one.
 
-    def after_statement(connection: Any, *_args: Any) -> None:
-        connection.info[_LAST_STATEMENT] = perf_counter()
+        Not the engine's ``before/after_cursor_execute`` events: a connection-level
+        listener makes every new ``Connection`` join the engine's event dispatch (see
+        :mod:`portside.adapters.failed_statements`), which cost more than the watch.
+        """
 
+        def _execute_context(self, *args: Any, **kw: Any) -> Any:
+            info = self.info
+            last = info.get(_LAST_STATEMENT)
+            if last is not None and (gap := perf_counter() - last) > threshold:
+                _report_held(ins, pool, info, gap, "before its next statement")
+            try:
+                return super()._execute_context(*args, **kw)
+            finally:
+                info[_LAST_STATEMENT] = perf_counter()
+
+    class WatchedOptionEngine(engine._option_cls):  # type: ignore[name-defined,misc]
+        """An ``execution_options()`` copy of the engine: hands out the same connections."""
+
+        _connection_cls = WatchedConnection
+
+    WatchedOptionEngine._option_cls = WatchedOptionEngine
     _listen_first_to_connect(engine, do_connect)
     event.listen(engine.pool, "connect", on_connect)
     event.listen(engine.pool, "checkout", on_checkout)
     event.listen(engine.pool, "checkin", on_checkin)
-    event.listen(engine, "before_cursor_execute", before_statement)
-    event.listen(engine, "after_cursor_execute", after_statement)
+    engine._connection_cls = WatchedConnection
+    engine._option_cls = WatchedOptionEngine
     _time_checkouts(engine.pool, ins, pool)
     ins.pools.add(pool)
     return lambda: ins.pools.discard(pool)
