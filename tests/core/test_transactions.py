@@ -154,6 +154,16 @@ async def test_on_commit_needs_a_unit_session(make_settings: SettingsFactory) ->
         await session.close()
 
 
+async def test_on_commit_after_the_unit_ended_says_so(make_settings: SettingsFactory) -> None:
+    async with Lifecycle(make_settings()) as lifecycle:
+        async with lifecycle.async_session() as session:
+            pass
+        with pytest.raises(portside.LifecycleStateError, match="after the unit of work ended"):
+            portside.on_commit(session, lambda: None)
+        with pytest.raises(portside.LifecycleStateError, match="after the unit of work ended"):
+            portside.on_rollback(session.sync_session, lambda: None)
+
+
 async def test_shutdown_waits_for_running_callbacks(make_settings: SettingsFactory) -> None:
     finished = anyio.Event()
 

@@ -63,6 +63,13 @@ class Internal:
     kind: str = "attribute"  # "attribute", "instance attribute" or "scope key"
 
 
+#: What the five ``Connection`` steps of ``adapters.failed_statements`` are for.
+_FAILED_STATEMENTS = (
+    "adapters.failed_statements: keep a transaction's failed statements where the "
+    "connection event of the same name fires, without the per-connection cost of an "
+    "engine-level connection listener"
+)
+
 INTERNALS: tuple[Internal, ...] = (
     Internal(
         "sqlalchemy",
@@ -95,9 +102,7 @@ INTERNALS: tuple[Internal, ...] = (
         "sqlalchemy.engine.Connection",
         "_begin_impl",
         ">=2.0.38,<2.2",
-        "adapters.failed_statements: keep a transaction's failed statements where the "
-        "connection event of the same name fires, without the per-connection cost of an "
-        "engine-level connection listener",
+        _FAILED_STATEMENTS,
         parameters=("self", "transaction"),
     ),
     Internal(
@@ -105,9 +110,7 @@ INTERNALS: tuple[Internal, ...] = (
         "sqlalchemy.engine.Connection",
         "_commit_impl",
         ">=2.0.38,<2.2",
-        "adapters.failed_statements: keep a transaction's failed statements where the "
-        "connection event of the same name fires, without the per-connection cost of an "
-        "engine-level connection listener",
+        _FAILED_STATEMENTS,
         parameters=("self",),
     ),
     Internal(
@@ -115,9 +118,7 @@ INTERNALS: tuple[Internal, ...] = (
         "sqlalchemy.engine.Connection",
         "_savepoint_impl",
         ">=2.0.38,<2.2",
-        "adapters.failed_statements: keep a transaction's failed statements where the "
-        "connection event of the same name fires, without the per-connection cost of an "
-        "engine-level connection listener",
+        _FAILED_STATEMENTS,
         parameters=("self", "name"),
     ),
     Internal(
@@ -125,9 +126,7 @@ INTERNALS: tuple[Internal, ...] = (
         "sqlalchemy.engine.Connection",
         "_rollback_to_savepoint_impl",
         ">=2.0.38,<2.2",
-        "adapters.failed_statements: keep a transaction's failed statements where the "
-        "connection event of the same name fires, without the per-connection cost of an "
-        "engine-level connection listener",
+        _FAILED_STATEMENTS,
         parameters=("self", "name"),
     ),
     Internal(
@@ -135,9 +134,7 @@ INTERNALS: tuple[Internal, ...] = (
         "sqlalchemy.engine.Connection",
         "_release_savepoint_impl",
         ">=2.0.38,<2.2",
-        "adapters.failed_statements: keep a transaction's failed statements where the "
-        "connection event of the same name fires, without the per-connection cost of an "
-        "engine-level connection listener",
+        _FAILED_STATEMENTS,
         parameters=("self", "name"),
     ),
     Internal(
