@@ -97,45 +97,22 @@ INTERNALS: tuple[Internal, ...] = (
         "checkout, as SQLAlchemy's own pre-ping does, for a first statement run again",
         parameters=("self",),
     ),
-    Internal(
-        "sqlalchemy",
-        "sqlalchemy.engine.Connection",
-        "_begin_impl",
-        ">=2.0.38,<2.2",
-        _FAILED_STATEMENTS,
-        parameters=("self", "transaction"),
-    ),
-    Internal(
-        "sqlalchemy",
-        "sqlalchemy.engine.Connection",
-        "_commit_impl",
-        ">=2.0.38,<2.2",
-        _FAILED_STATEMENTS,
-        parameters=("self",),
-    ),
-    Internal(
-        "sqlalchemy",
-        "sqlalchemy.engine.Connection",
-        "_savepoint_impl",
-        ">=2.0.38,<2.2",
-        _FAILED_STATEMENTS,
-        parameters=("self", "name"),
-    ),
-    Internal(
-        "sqlalchemy",
-        "sqlalchemy.engine.Connection",
-        "_rollback_to_savepoint_impl",
-        ">=2.0.38,<2.2",
-        _FAILED_STATEMENTS,
-        parameters=("self", "name"),
-    ),
-    Internal(
-        "sqlalchemy",
-        "sqlalchemy.engine.Connection",
-        "_release_savepoint_impl",
-        ">=2.0.38,<2.2",
-        _FAILED_STATEMENTS,
-        parameters=("self", "name"),
+    *(
+        Internal(
+            "sqlalchemy",
+            "sqlalchemy.engine.Connection",
+            name,
+            ">=2.0.38,<2.2",
+            _FAILED_STATEMENTS,
+            parameters=parameters,
+        )
+        for name, parameters in (
+            ("_begin_impl", ("self", "transaction")),
+            ("_commit_impl", ("self",)),
+            ("_savepoint_impl", ("self", "name")),
+            ("_rollback_to_savepoint_impl", ("self", "name")),
+            ("_release_savepoint_impl", ("self", "name")),
+        )
     ),
     Internal(
         "sqlalchemy",
