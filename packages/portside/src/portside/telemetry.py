@@ -41,6 +41,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import QueuePool
 
 from portside import asgi
+from portside.adapters import failed_statements
 from portside.retries import RetryReason
 from portside.sessions import AsyncSession, Session
 from portside.unit_of_work import UnitOfWork
@@ -359,18 +360,11 @@ def instrument_engine(
             finally:
                 info[_LAST_STATEMENT] = perf_counter()
 
-    class WatchedOptionEngine(engine._option_cls):  # type: ignore[name-defined,misc]
-        """An ``execution_options()`` copy of the engine: hands out the same connections."""
-
-        _connection_cls = WatchedConnection
-
-    WatchedOptionEngine._option_cls = WatchedOptionEngine
     _listen_first_to_connect(engine, do_connect)
     event.listen(engine.pool, "connect", on_connect)
     event.listen(engine.pool, "checkout", on_checkout)
     event.listen(engine.pool, "checkin", on_checkin)
-    engine._connection_cls = WatchedConnection
-    engine._option_cls = WatchedOptionEngine
+    failed_statements.hand_out(engine, WatchedConnection)
     _time_checkouts(engine.pool, ins, pool)
     ins.pools.add(pool)
     return lambda: ins.pools.discard(pool)

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, event
-from sqlalchemy.engine.base import OptionEngine
 from sqlalchemy.sql.expression import SavepointClause
 
 from portside.errors import TransactionAbortedError
@@ -55,6 +54,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine.base import RootTransaction
 
 __all__ = [
+    "hand_out",
     "install",
 ]
 
@@ -78,10 +78,26 @@ class _Marks:
 
 def install(engine: Engine) -> None:
     """Make ``engine``'s transactions refuse to commit after an unhandled failure."""
-    engine._connection_cls = _Connection
-    # engine.execution_options(...) makes an OptionEngine: it must hand them out too.
-    engine._option_cls = _OptionEngine
+    hand_out(engine, _Connection)
     event.listen(engine, "handle_error", _note_failure)
+
+
+def hand_out(engine: Engine, connection_cls: type[Connection]) -> None:
+    """Make ``engine``, and its ``execution_options()`` copies, hand out ``connection_cls``.
+
+    The one place the engine's private ``_connection_cls`` and ``_option_cls`` are
+    set. ``connection_cls`` subclasses whatever the engine handed out before (here,
+    :class:`_Connection`), so the steps add up.
+    """
+
+    class ConnectionsOptionEngine(engine._option_cls):  # type: ignore[name-defined,misc]
+        """An engine with other execution options that hands out ``connection_cls``."""
+
+        _connection_cls = connection_cls
+
+    ConnectionsOptionEngine._option_cls = ConnectionsOptionEngine
+    engine._connection_cls = connection_cls
+    engine._option_cls = ConnectionsOptionEngine
 
 
 class _Connection(Connection):
@@ -113,15 +129,6 @@ class _Connection(Connection):
     def _release_savepoint_impl(self, name: str) -> None:
         _release_savepoint(self, name, None)
         super()._release_savepoint_impl(name)
-
-
-class _OptionEngine(OptionEngine):
-    """An engine with other execution options that hands out :class:`_Connection`."""
-
-    _connection_cls = _Connection
-
-
-_OptionEngine._option_cls = _OptionEngine
 
 
 def _marks(connection: Connection) -> _Marks | None:
